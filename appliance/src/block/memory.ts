@@ -37,7 +37,8 @@ export class MemoryBlockDevice implements BlockDevice {
       let p = this.pages.get(page);
       if (!p) {
         if (isAllZero(src)) return; // zeros over a hole stay a hole
-        p = Buffer.alloc(PAGE);
+        // A write covering the whole page needs no zero-fill first.
+        p = n === PAGE ? Buffer.allocUnsafe(PAGE) : Buffer.alloc(PAGE);
         this.pages.set(page, p);
       }
       p.set(src, pageOff);

@@ -1,0 +1,118 @@
+/**
+ * Object backend on any S3-compatible endpoint through @aws-sdk/client-s3. Credentials come from the
+ * standard AWS chain (environment, profile, instance role). With a custom endpoint, path-style
+ * addressing is used (MinIO, s3rver, Ceph accept it; virtual-host style needs DNS).
+ * S3 puts are durable when acknowledged, so put() needs nothing more.
+ */
+import {
+  DeleteObjectCommand,
+  GetObjectCommand,
+  ListObjectsV2Command,
+  NoSuchKey,
+  PutObjectCommand,
+  S3Client,
+  S3ServiceException,
+  type S3ClientConfig,
+} from '@aws-sdk/client-s3';
+import { BridgeError } from '../../../shared/src/errors.js';
+import { transientError, type ObjectBackend, type ObjectInfo } from './backend.js';
+
+export interface S3BackendOptions {
+  bucket: string;
+  /** Key prefix, '' or ending in '/'. */
+  prefix: string;
+  endpoint?: string;
+  region?: string;
+  /** Defaults to true when an endpoint is given. */
+  forcePathStyle?: boolean;
+  /** Parallel connections (uploads + downloads). */
+  maxSockets?: number;
+}
+
+export class S3Backend implements ObjectBackend {
+  readonly location: string;
+  private readonly client: S3Client;
+
+  constructor(private readonly o: S3BackendOptions) {
+    this.location = `s3://${o.bucket}/${o.prefix}`;
+    const config: S3ClientConfig = {
+      region: o.region ?? process.env.AWS_REGION ?? 'us-east-1',
+      forcePathStyle: o.forcePathStyle ?? o.endpoint !== undefined,
+      // Our retry layer (retry.ts) owns backoff; one SDK retry covers a stale keep-alive socket.
+      maxAttempts: 2,
+    };
+    if (o.endpoint) config.endpoint = o.endpoint;
+    this.client = new S3Client(config);
+  }
+
+  async get(key: string): Promise<Buffer | undefined> {
+    try {
+      const res = await this.client.send(new GetObjectCommand({ Bucket: this.o.bucket, Key: this.o.prefix + key }));
+      if (!res.Body) return Buffer.alloc(0);
+      return Buffer.from(await res.Body.transformToByteArray());
+    } catch (e) {
+      if (e instanceof NoSuchKey || (e as { name?: string }).name === 'NoSuchKey') return undefined;
+      throw wrap(`GET ${key}`, e);
+    }
+  }
+
+  async put(key: string, data: Uint8Array): Promise<void> {
+    try {
+      await this.client.send(new PutObjectCommand({ Bucket: this.o.bucket, Key: this.o.prefix + key, Body: data, ContentLength: data.byteLength }));
+    } catch (e) {
+      throw wrap(`PUT ${key}`, e);
+    }
+  }
+
+  async putIfAbsent(key: string, data: Uint8Array): Promise<boolean> {
+    try {
+      // Conditional create where the endpoint supports it (AWS since 2024, MinIO); others ignore the header,
+      // so look first as well.
+      if ((await this.get(key)) !== undefined) return false;
+      await this.client.send(new PutObjectCommand({ Bucket: this.o.bucket, Key: this.o.prefix + key, Body: data, IfNoneMatch: '*' }));
+      return true;
+    } catch (e) {
+      const status = (e as S3ServiceException).$metadata?.httpStatusCode;
+      if (status === 412 || status === 409) return false;
+      throw wrap(`PUT ${key}`, e);
+    }
+  }
+
+  async delete(key: string): Promise<void> {
+    try {
+      await this.client.send(new DeleteObjectCommand({ Bucket: this.o.bucket, Key: this.o.prefix + key }));
+    } catch (e) {
+      if ((e as S3ServiceException).$metadata?.httpStatusCode === 404) return;
+      throw wrap(`DELETE ${key}`, e);
+    }
+  }
+
+  async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    let token: string | undefined;
+    do {
+      let res;
+      try {
+        res = await this.client.send(new ListObjectsV2Command({ Bucket: this.o.bucket, Prefix: this.o.prefix + prefix, ContinuationToken: token }));
+      } catch (e) {
+        throw wrap(`LIST ${prefix}`, e);
+      }
+      for (const o of res.Contents ?? []) if (o.Key) yield { key: o.Key.slice(this.o.prefix.length), size: o.Size ?? 0 };
+      token = res.IsTruncated ? res.NextContinuationToken : undefined;
+    } while (token);
+  }
+
+  async close(): Promise<void> {
+    this.client.destroy();
+  }
+}
+
+function wrap(what: string, e: unknown): BridgeError {
+  const err = e as S3ServiceException & { code?: string };
+  const status = err.$metadata?.httpStatusCode;
+  const msg = `${what}: ${err.name ?? 'error'}${status ? ` (HTTP ${status})` : ''}: ${err.message}`;
+  if (status === 403 || status === 401) return new BridgeError('EACCES', msg, { status }, { cause: e });
+  if (status === 404 && err.name === 'NoSuchBucket') return new BridgeError('ENOENT', msg, { status }, { cause: e });
+  // 5xx, throttling, timeouts, resets and other network failures are worth retrying.
+  if (status === undefined || status >= 500 || status === 429 || err.name === 'SlowDown' || err.name === 'RequestTimeout') return transientError(msg, e);
+  return new BridgeError('EIO', msg, { status }, { cause: e });
+}
