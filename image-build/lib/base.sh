@@ -35,10 +35,11 @@ umount "$root/proc"
 trap - EXIT
 
 # Trim what an appliance never reads. smbd, ganesha and tgtd are C programs: samba's python bindings
-# (samba-tool) are not used, the agent manages users with smbpasswd/pdbedit.
-rm -rf "$root"/usr/share/{doc,man,info,locale,lintian,bash-completion,zoneinfo-icu} \
-  "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/* "$root"/var/cache/debconf/*-old "$root"/var/log/* \
-  "$root"/usr/share/samba/codepages.bak
+# (samba-tool) and perl's modules (tgt-admin) are not used; the agent manages users with smbpasswd
+# and targets with tgtadm. perl-base (dpkg's) stays.
+rm -rf "$root"/usr/share/{doc,man,info,locale,lintian,bash-completion,zoneinfo-icu,perl} \
+  "$root"/usr/lib/python3* "$root"/usr/bin/python3* "$root"/usr/lib/x86_64-linux-gnu/perl \
+  "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/* "$root"/var/cache/debconf/*-old "$root"/var/log/*
 find "$root" -xdev -name '__pycache__' -type d -prune -exec rm -rf {} +
 # Host keys are generated at each boot (see bridge-init); never ship the ones made at install time.
 rm -f "$root"/etc/ssh/ssh_host_*

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian 12 machine (as root) for bridge: Debian packages, npm packages, build.
+# Idempotent and quick when everything is already there. Used by .ci/run and the README.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+
+# Debian packages the build, the tests and the image build need (see docs/development.md).
+PACKAGES=(
+  libfuse2 fuse                                   # fuse-native's library and fusermount
+  samba smbclient                                 # SMB export + client
+  nfs-ganesha nfs-ganesha-vfs libnfs-utils        # NFS export + client
+  tgt libiscsi-bin                                # iSCSI target + clients (iscsi-test-cu)
+  qemu-system-x86 qemu-utils qemu-block-extra     # appliance VM, qemu-img (iscsi:// too)
+  dosfstools mtools fdisk                         # FAT32 checks (fsck.fat, mtools, sfdisk)
+  e2fsprogs xfsprogs btrfs-progs                  # filesystems on sources
+  s3backer nbdkit libnbd-bin                      # benchmark peers
+  debootstrap busybox-static cpio zstd            # image build
+  openssh-client
+)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "ci: installing ${missing[*]}"
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# npm packages: reinstall only when the lockfile changed since the last install.
+lock_hash=$(sha256sum package-lock.json | cut -d' ' -f1)
+if [[ ! -f node_modules/.bridge-lock-hash || "$(cat node_modules/.bridge-lock-hash)" != "$lock_hash" ]]; then
+  npm ci --no-audit --no-fund
+  echo "$lock_hash" > node_modules/.bridge-lock-hash
+fi
+
+npm run build
