@@ -36,6 +36,7 @@ export class SambaServer {
   private readonly supervisor: Supervisor;
   readonly confPath: string;
   private started = false;
+  private modules: Set<string> | undefined;
 
   constructor(private readonly o: SambaOptions) {
     this.confPath = join(o.dir, 'smb.conf');
@@ -62,7 +63,24 @@ export class SambaServer {
     return this.supervisor.restartCount;
   }
 
+  /** The VFS modules this Samba has (Debian ships fruit and streams_xattr in samba-vfs-modules). */
+  private async vfsModules(): Promise<Set<string>> {
+    if (this.modules) return this.modules;
+    const have = new Set<string>();
+    try {
+      const { stdout } = await run('smbd', ['-b']);
+      const dir = /MODULESDIR:\s*(\S+)/.exec(stdout)?.[1];
+      if (dir) for (const f of await fsp.readdir(join(dir, 'vfs'))) if (f.endsWith('.so')) have.add(f.slice(0, -3));
+    } catch {
+      /* no module directory: only the built-in modules */
+    }
+    for (const m of ['catia', 'fruit', 'streams_xattr']) if (!have.has(m)) this.o.log.warn(`Samba VFS module ${m} is missing (install samba-vfs-modules): macOS clients lose it`);
+    this.modules = have;
+    return have;
+  }
+
   private async writeConfig(): Promise<void> {
+    const modules = await this.vfsModules();
     for (const d of ['', 'private', 'lock', 'state', 'cache', 'pid', 'ncalrpc']) await fsp.mkdir(join(this.o.dir, d), { recursive: true, mode: 0o700 });
     const any = this.o.address === '0.0.0.0';
     const text = await render('smb.conf.hbs', {
@@ -74,7 +92,9 @@ export class SambaServer {
         ...s,
         comment: `bridge ${s.readOnly ? 'read-only' : 'read-write'} share`,
         hostsAllow: s.hostsAllow ?? null,
-        vfsObjects: s.streamsXattr ? 'catia fruit streams_xattr' : 'catia fruit',
+        streamsXattr: s.streamsXattr && modules.has('streams_xattr'),
+        xattrReason: modules.has('streams_xattr') ? s.xattrReason : 'streams_xattr is not installed',
+        vfsObjects: ['catia', 'fruit', ...(s.streamsXattr ? ['streams_xattr'] : [])].filter((m) => modules.has(m)).join(' '),
       })),
     });
     // Written then renamed, so smbd never reads half a file.

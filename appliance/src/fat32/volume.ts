@@ -1,0 +1,307 @@
+/**
+ * Fat32Volume: the tree→block stage. A read-only BlockDevice whose bytes are an MBR disk with one
+ * FAT32 partition synthesized from a metadata snapshot of a directory tree. Metadata sectors are
+ * generated when read (FATs from cluster runs, directories from the entry table, with a small
+ * cache); file clusters are read from the source files only when asked for.
+ *
+ * Disk layout (regions.ts), in order: MBR | zeros to 1 MiB | 32 reserved sectors (boot, FSInfo,
+ * backups at 6 and 7) | FAT 1 | FAT 2 | cluster 2 = root directory, other directories, files | free
+ * clusters (zeros) | any tail smaller than a cluster (zeros).
+ */
+import { BridgeError } from '../../../shared/src/errors.js';
+import { logger, type Logger } from '../../../shared/src/logger.js';
+import { formatSize } from '../../../shared/src/size.js';
+import { checkIo, Lifecycle, type BlockCapabilities, type BlockDevice } from '../block/device.js';
+import { buildMbr, buildReservedArea, labelField } from './boot.js';
+import { allocateClusters, treeClusters, type ClusterMap } from './clusters.js';
+import { ATTR_DIRECTORY, ATTR_VOLUME_ID, DIRENT_SIZE, writeLfnEntries, writeShortEntry } from './dirent.js';
+import { chooseGeometry, clusterOffset, MAX_DISK_SIZE, MIB, NUM_FATS, RESERVED_SECTORS, SECTOR, type Geometry } from './layout.js';
+import { Regions, RegionKind, type RegionSpec } from './regions.js';
+import { SourceFiles } from './source-files.js';
+import { entryPath, sourcePath, type LeftOut, type Renamed, type TreeSnapshot } from './tree.js';
+
+export interface Fat32Options {
+  /** Size of the whole disk in bytes (rounded down to a sector); default: see defaultDiskSize. */
+  size?: number;
+  /** Volume label: up to 11 characters A-Z 0-9 space and $%'-_@~`!(){}^#&; lower case is upper-cased. Default BRIDGE. */
+  label?: string;
+  /** Force a cluster size (512 .. 32768); default: chosen from the size. */
+  clusterSize?: number;
+  /** Volume serial number; default derived from the snapshot time, as mkfs.fat does. */
+  volumeId?: number;
+  /** Source files kept open at once (default 64). */
+  maxOpenFiles?: number;
+  log?: Logger;
+}
+
+export interface Fat32Report {
+  source: string;
+  snapshotAt: string;
+  diskSize: number;
+  partitionOffset: number;
+  clusterSize: number;
+  clusters: number;
+  freeClusters: number;
+  label: string;
+  volumeId: string;
+  files: number;
+  directories: number;
+  bytes: number;
+  /** Source entries not on the volume, each with its reason. */
+  leftOut: LeftOut[];
+  /** Entries whose volume name differs from their source name. */
+  renamed: Renamed[];
+  /** Files that changed in the source after the snapshot: their data reads fail with EIO. */
+  changed: { path: string; detail: string }[];
+}
+
+/** Headroom of the default size: 10% of what the tree uses, at least 256 MiB. */
+export function defaultHeadroom(usedBytes: number): number {
+  return Math.max(Math.ceil(usedBytes / 10), 256 * MIB);
+}
+
+/**
+ * Default disk size: what the tree needs (in clusters) plus the headroom, plus MBR gap, reserved
+ * sectors and FATs, rounded up to a MiB and capped at the MBR limit.
+ */
+export function defaultDiskSize(snap: TreeSnapshot): number {
+  let clusterSize = 4096;
+  let size = 0;
+  for (let round = 0; round < 4; round++) {
+    const used = treeClusters(snap.entries, clusterSize) * clusterSize;
+    const data = used + defaultHeadroom(used);
+    const fats = NUM_FATS * Math.ceil(((data / clusterSize + 2) * 4) / SECTOR) * SECTOR;
+    size = Math.ceil((MIB + RESERVED_SECTORS * SECTOR + fats + data + clusterSize) / MIB) * MIB;
+    size = Math.min(size, MAX_DISK_SIZE);
+    const g = chooseGeometry(size);
+    if (g.clusterSize === clusterSize) break;
+    clusterSize = g.clusterSize;
+  }
+  return size;
+}
+
+export function normalizeLabel(label: string): string {
+  const up = label.toUpperCase();
+  if (up.length === 0 || up.length > 11 || !/^[A-Z0-9 $%'\-_@~`!(){}^#&]+$/.test(up) || up.startsWith(' ')) {
+    throw new BridgeError('EINVAL', `FAT32 volume label "${label}": use 1 to 11 characters A-Z, 0-9, space or $%'-_@~\`!(){}^#& (not starting with a space)`);
+  }
+  return up.trimEnd();
+}
+
+/** Bytes of directory data kept generated (whole directories, least recently used dropped). */
+const DIR_CACHE_BYTES = 8 * MIB;
+
+export class Fat32Volume implements BlockDevice {
+  readonly size: number;
+  readonly blockSize = 4096;
+  readonly capabilities: BlockCapabilities = { writable: false, trim: false, persistent: false, resizable: false };
+  readonly geometry: Geometry;
+  readonly label: string;
+  readonly volumeId: number;
+  readonly clusters: ClusterMap;
+  readonly regions: Regions;
+  private readonly fixed: Buffer[];
+  private readonly files: SourceFiles;
+  private readonly dirCache = new Map<number, Buffer>();
+  private dirCacheBytes = 0;
+  private readonly life = new Lifecycle();
+  private readonly log: Logger;
+
+  constructor(
+    readonly snapshot: TreeSnapshot,
+    options: Fat32Options = {},
+  ) {
+    this.log = (options.log ?? logger()).child({ component: 'fat32' });
+    this.label = normalizeLabel(options.label ?? 'BRIDGE');
+    const requested = options.size ?? defaultDiskSize(snapshot);
+    const diskSize = Math.floor(requested / SECTOR) * SECTOR;
+    this.geometry = chooseGeometry(diskSize, options.clusterSize);
+    const g = this.geometry;
+    const needed = treeClusters(snapshot.entries, g.clusterSize);
+    if (needed > g.clusterCount) {
+      throw new BridgeError(
+        'EINVAL',
+        `the tree at ${snapshot.source} needs ${formatSize(needed * g.clusterSize)} in ${g.clusterSize}-byte clusters, ` +
+          `more than the ${formatSize(g.clusterCount * g.clusterSize)} a ${formatSize(diskSize)} FAT32 disk holds; give a larger size`,
+        { needed: needed * g.clusterSize, available: g.clusterCount * g.clusterSize },
+      );
+    }
+    this.size = diskSize;
+    this.volumeId = options.volumeId ?? (Math.floor(snapshot.takenAt.getTime() / 1000) ^ 0x5a5a0000) >>> 0;
+    this.clusters = allocateClusters(snapshot.entries, g);
+    const free = g.clusterCount - this.clusters.usedClusters;
+    this.fixed = [buildMbr(g, this.volumeId), buildReservedArea(g, this.volumeId, this.label, free, this.clusters.firstFree(g.clusterCount))];
+    this.regions = this.buildRegions();
+    this.files = new SourceFiles(
+      (i) => {
+        const e = snapshot.entries[i]!;
+        return { path: sourcePath(snapshot.source, snapshot.entries, i), size: e.size, mtimeMs: e.mtimeMs, ino: e.ino };
+      },
+      this.log,
+      options.maxOpenFiles ?? 64,
+    );
+    this.log.info('FAT32 volume built', {
+      source: snapshot.source,
+      size: this.size,
+      clusterSize: g.clusterSize,
+      files: snapshot.files,
+      directories: snapshot.directories,
+      leftOut: snapshot.leftOut.length,
+    });
+  }
+
+  private buildRegions(): Regions {
+    const g = this.geometry;
+    const fatBytes = g.fatSectors * SECTOR;
+    const specs: RegionSpec[] = [
+      { start: 0, kind: RegionKind.Bytes, owner: 0, base: 0 },
+      { start: SECTOR, kind: RegionKind.Zero, owner: 0, base: 0 },
+      { start: g.partitionOffset, kind: RegionKind.Bytes, owner: 1, base: 0 },
+    ];
+    for (let f = 0; f < NUM_FATS; f++) specs.push({ start: g.fatOffset + f * fatBytes, kind: RegionKind.Fat, owner: f, base: 0 });
+    let pos = g.dataOffset;
+    const cm = this.clusters;
+    for (let i = 0; i < cm.runs; i++) {
+      const start = clusterOffset(g, cm.start[i]!);
+      if (start > pos) specs.push({ start: pos, kind: RegionKind.Zero, owner: 0, base: 0 });
+      const owner = cm.owner[i]!;
+      specs.push({ start, kind: this.snapshot.entries[owner]!.isDir ? RegionKind.Dir : RegionKind.File, owner, base: cm.base[i]! });
+      pos = start + cm.length[i]! * g.clusterSize;
+    }
+    if (pos < this.size) specs.push({ start: pos, kind: RegionKind.Zero, owner: 0, base: 0 });
+    return new Regions(specs, this.size);
+  }
+
+  async read(target: Uint8Array, offset: number): Promise<void> {
+    this.life.check();
+    if (!checkIo(this, offset, target.length, false)) return;
+    const r = this.regions;
+    const end = offset + target.length;
+    const pending: Promise<void>[] = [];
+    for (let i = r.find(offset), pos = offset; pos < end; i++) {
+      const rStart = r.start[i]!;
+      const n = Math.min(end, r.end(i)) - pos;
+      const part = target.subarray(pos - offset, pos - offset + n);
+      const within = r.base[i]! + (pos - rStart);
+      switch (r.kind[i] as RegionKind) {
+        case RegionKind.Zero:
+          part.fill(0);
+          break;
+        case RegionKind.Bytes:
+          copyPadded(this.fixed[r.owner[i]!]!, within, part);
+          break;
+        case RegionKind.Fat:
+          this.clusters.fillFat(part, within);
+          break;
+        case RegionKind.Dir:
+          copyPadded(this.directoryBytes(r.owner[i]!), within, part);
+          break;
+        case RegionKind.File:
+          pending.push(this.readFile(r.owner[i]!, part, within));
+          break;
+      }
+      pos += n;
+    }
+    if (pending.length) await Promise.all(pending);
+  }
+
+  /** File bytes at `within`; past the file's end (the rest of its last cluster) zeros. */
+  private async readFile(entry: number, part: Uint8Array, within: number): Promise<void> {
+    const size = this.snapshot.entries[entry]!.size;
+    const n = Math.max(0, Math.min(part.length, size - within));
+    if (n < part.length) part.fill(0, n);
+    if (n > 0) await this.files.read(entry, part.subarray(0, n), within);
+  }
+
+  /** The used bytes of a directory (slots × 32): label or `.`/`..`, then each child's long-name and short entries. */
+  directoryBytes(index: number): Buffer {
+    const cached = this.dirCache.get(index);
+    if (cached) {
+      this.dirCache.delete(index);
+      this.dirCache.set(index, cached);
+      return cached;
+    }
+    const entries = this.snapshot.entries;
+    const dir = entries[index]!;
+    const buf = Buffer.alloc(dir.slots! * DIRENT_SIZE);
+    const times = { mtimeMs: dir.mtimeMs, atimeMs: dir.atimeMs, birthtimeMs: dir.birthtimeMs };
+    if (index === 0) {
+      writeShortEntry(buf, 0, { name: labelField(this.label), attr: ATTR_VOLUME_ID, firstCluster: 0, size: 0, ...times });
+      buf.fill(0, 12, 20); // a label has no creation or access time
+    } else {
+      const parent = entries[dir.parent]!;
+      writeShortEntry(buf, 0, { name: Buffer.from('.          ', 'latin1'), attr: ATTR_DIRECTORY, firstCluster: dir.firstCluster, size: 0, ...times });
+      // `..` of a directory in the root points at cluster 0, as the specification asks.
+      const up = dir.parent === 0 ? 0 : parent.firstCluster;
+      writeShortEntry(buf, DIRENT_SIZE, { name: Buffer.from('..         ', 'latin1'), attr: ATTR_DIRECTORY, firstCluster: up, size: 0, ...times });
+    }
+    for (const c of dir.children!) {
+      const e = entries[c]!;
+      if (e.lfn) writeLfnEntries(buf, (e.slot - Math.ceil(e.name.length / 13)) * DIRENT_SIZE, e.name, e.shortName);
+      writeShortEntry(buf, e.slot * DIRENT_SIZE, { ...e, name: e.shortName });
+    }
+    this.dirCache.set(index, buf);
+    this.dirCacheBytes += buf.length;
+    for (const [k, v] of this.dirCache) {
+      if (this.dirCacheBytes <= DIR_CACHE_BYTES || k === index) break;
+      this.dirCache.delete(k);
+      this.dirCacheBytes -= v.length;
+    }
+    return buf;
+  }
+
+  /** What is on the volume, what was left out or renamed and why, and what changed since the snapshot. */
+  report(): Fat32Report {
+    const g = this.geometry;
+    const s = this.snapshot;
+    return {
+      source: s.source,
+      snapshotAt: s.takenAt.toISOString(),
+      diskSize: this.size,
+      partitionOffset: g.partitionOffset,
+      clusterSize: g.clusterSize,
+      clusters: g.clusterCount,
+      freeClusters: g.clusterCount - this.clusters.usedClusters,
+      label: this.label,
+      volumeId: this.volumeId.toString(16).padStart(8, '0'),
+      files: s.files,
+      directories: s.directories,
+      bytes: s.bytes,
+      leftOut: s.leftOut,
+      renamed: s.renamed,
+      changed: [...this.files.changed].map(([i, detail]) => ({ path: entryPath(s.entries, i), detail })),
+    };
+  }
+
+  async write(data: Uint8Array, offset: number): Promise<void> {
+    this.life.check();
+    checkIo(this, offset, data.length, true);
+  }
+
+  async flush(): Promise<void> {
+    this.life.check();
+  }
+
+  async trim(offset: number, length: number): Promise<void> {
+    this.life.check();
+    checkIo(this, offset, length, true);
+  }
+
+  async zero(offset: number, length: number): Promise<void> {
+    this.life.check();
+    checkIo(this, offset, length, true);
+  }
+
+  async close(): Promise<void> {
+    if (!this.life.close()) return;
+    this.dirCache.clear();
+    await this.files.close();
+  }
+}
+
+/** Copies src[from ..] into target; bytes past the end of src read as zero. */
+function copyPadded(src: Buffer, from: number, target: Uint8Array): void {
+  const n = Math.max(0, Math.min(target.length, src.length - from));
+  if (n > 0) target.set(src.subarray(from, from + n));
+  if (n < target.length) target.fill(0, n);
+}

@@ -1,0 +1,14 @@
+import { SambaServer } from './appliance/src/exports/samba.js';
+import { logger } from './shared/src/logger.js';
+import { probeXattr } from './appliance/src/exports/xattr.js';
+import { mkdirSync } from 'node:fs';
+mkdirSync('/tmp/w6/share', { recursive: true });
+const s = new SambaServer({ dir: '/tmp/w6/rt', address: '127.0.0.1', port: 44501, log: logger() });
+const x = await probeXattr('/tmp/w6/share', false);
+console.log(x);
+await s.putShare({ name: 'data', path: '/tmp/w6/share', readOnly: false, users: ['bridgetest1'], streamsXattr: x.supported, xattrReason: x.reason });
+await s.setUser('bridgetest1', 'pw1');
+await s.start();
+console.log('started', s.pid);
+await new Promise((r) => setTimeout(r, 12000));
+await s.stop();
