@@ -6,7 +6,14 @@ const ok = {
   users: [{ name: 'alice', password: { env: 'ALICE_PW' } }],
   sources: [
     { kind: 'directory', name: 'data', path: '/srv/data' },
-    { kind: 'store', name: 'vault', store: 's3://bucket/prefix', endpoint: 'http://127.0.0.1:9000', passphrase: { file: '/run/secrets/p' }, cache: { size: '1G' } },
+    {
+      kind: 'store',
+      name: 'vault',
+      store: 's3://bucket/prefix',
+      endpoint: 'http://127.0.0.1:9000',
+      passphrase: { file: '/run/secrets/p' },
+      cache: { size: '1G' },
+    },
   ],
   stages: [{ kind: 'fat32', name: 'vol', from: 'data', size: '2G' }],
   exports: [

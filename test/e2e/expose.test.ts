@@ -49,7 +49,18 @@ describe('bridge-agent expose', () => {
       expect(statSync(join(mnt, 'disk.img')).size).toBe(1024 * MiB);
       await roundTrip(join(mnt, 'disk.img'), 12_345_679);
       // Writing past the end of a block device fails instead of growing it.
-      await expect(sh('dd', ['if=/dev/zero', `of=${join(mnt, 'disk.img')}`, 'bs=4096', 'count=2', `seek=${1024 * MiB - 4096}`, 'oflag=seek_bytes', 'conv=notrunc', 'status=none'])).rejects.toThrow();
+      await expect(
+        sh('dd', [
+          'if=/dev/zero',
+          `of=${join(mnt, 'disk.img')}`,
+          'bs=4096',
+          'count=2',
+          `seek=${1024 * MiB - 4096}`,
+          'oflag=seek_bytes',
+          'conv=notrunc',
+          'status=none',
+        ]),
+      ).rejects.toThrow();
     } finally {
       expect(await stopAgent(agent)).toBe(0);
     }
