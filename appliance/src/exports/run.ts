@@ -29,6 +29,8 @@ export function run(cmd: string, args: string[], options: RunOptions = {}): Prom
         reject(new BridgeError(options.code ?? 'EIO', `${cmd} ${args[0] ?? ''} failed: ${detail}`, { command: cmd }, { cause: err }));
       } else resolve({ stdout, stderr });
     });
+    // A tool that exits without reading its stdin must not become an uncaught EPIPE.
+    child.stdin?.on('error', () => undefined);
     if (options.input !== undefined) child.stdin?.end(options.input);
     else child.stdin?.end();
   });

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { BridgeError } from '../../../shared/src/errors.js';
 import type { Logger } from '../../../shared/src/logger.js';
 import type { Health } from '../../../shared/src/protocol.js';
+import { killMatching } from './procs.js';
 import { run, tryRun } from './run.js';
 import { Supervisor, waitForPort } from './supervisor.js';
 import { render } from './templates.js';
@@ -142,5 +143,8 @@ export class SambaServer {
   async stop(): Promise<void> {
     this.started = false;
     await this.supervisor.stop();
+    // smbd starts samba-dcerpcd and its rpcd_* workers on demand; they outlive smbd for a while.
+    const helpers = await killMatching(`--configfile=${this.confPath}`);
+    if (helpers.length) this.o.log.debug('stopped Samba helper processes', { pids: helpers.join(',') });
   }
 }

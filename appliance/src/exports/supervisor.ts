@@ -54,7 +54,10 @@ export class Supervisor {
   async start(): Promise<void> {
     this.stopping = false;
     this.state = 'starting';
-    const child = spawn(this.o.command, this.o.args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    // Its own process group: smbd signals its whole group when it stops (kill(0, SIGTERM)), which
+    // must not reach the agent or whoever started it; and a terminal's Ctrl-C reaches only the agent,
+    // which stops the servers in order.
+    const child = spawn(this.o.command, this.o.args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
     this.child = child;
     const tail: string[] = [];
     const collect = (chunk: Buffer): void => {
@@ -71,7 +74,7 @@ export class Supervisor {
       child.once('error', (e) => resolve(`cannot start ${this.o.command}: ${e.message}`));
       child.once('exit', (code, signal) => resolve(`${this.o.command} exited (${signal ?? `code ${code}`}): ${tail.slice(-3).join(' / ')}`));
     });
-    if (child.pid !== undefined) await fsp.writeFile(this.o.pidFile, `${child.pid}\n`, { mode: 0o600 });
+    if (child.pid !== undefined) await fsp.writeFile(this.o.pidFile, `${child.pid}\n${[this.o.command, ...this.o.args].join(' ')}\n`, { mode: 0o600 });
     try {
       const early = exited.then((why) => {
         throw new Error(why);

@@ -5,7 +5,7 @@
  * can give an entry several (fragmented chains) without changing how FAT sectors are generated.
  */
 import { ROOT_CLUSTER, type Geometry } from './layout.js';
-import type { TreeEntry } from './tree.js';
+import type { EntryTable } from './entries.js';
 
 export const FAT_EOC = 0x0fffffff;
 /** FAT[0]: media byte 0xF8 in the low byte; FAT[1]: end-of-chain with the clean-shutdown and no-error bits set. */
@@ -21,24 +21,27 @@ export class ClusterMap {
   readonly base: Float64Array;
   readonly usedClusters: number;
 
-  constructor(runs: { start: number; length: number; next: number; owner: number; base: number }[]) {
-    runs.sort((a, b) => a.start - b.start);
-    const n = runs.length;
-    this.start = new Uint32Array(n);
-    this.length = new Uint32Array(n);
-    this.next = new Uint32Array(n);
-    this.owner = new Int32Array(n);
-    this.base = new Float64Array(n);
+  /** Columns of runs sorted by start and not overlapping (see `fromRuns` for a list of objects). */
+  constructor(columns: { start: Uint32Array; length: Uint32Array; next: Uint32Array; owner: Int32Array; base: Float64Array }) {
+    this.start = columns.start;
+    this.length = columns.length;
+    this.next = columns.next;
+    this.owner = columns.owner;
+    this.base = columns.base;
     let used = 0;
-    runs.forEach((r, i) => {
-      this.start[i] = r.start;
-      this.length[i] = r.length;
-      this.next[i] = r.next;
-      this.owner[i] = r.owner;
-      this.base[i] = r.base;
-      used += r.length;
-    });
+    for (let i = 0; i < this.length.length; i++) used += this.length[i]!;
     this.usedClusters = used;
+  }
+
+  static fromRuns(runs: { start: number; length: number; next: number; owner: number; base: number }[]): ClusterMap {
+    const sorted = [...runs].sort((a, b) => a.start - b.start);
+    return new ClusterMap({
+      start: Uint32Array.from(sorted, (r) => r.start),
+      length: Uint32Array.from(sorted, (r) => r.length),
+      next: Uint32Array.from(sorted, (r) => r.next),
+      owner: Int32Array.from(sorted, (r) => r.owner),
+      base: Float64Array.from(sorted, (r) => r.base),
+    });
   }
 
   get runs(): number {
@@ -57,10 +60,38 @@ export class ClusterMap {
     return lo;
   }
 
+  /** The run holding `cluster`, or -1 when the cluster is free (or not a data cluster). */
+  runOf(cluster: number): number {
+    const i = this.firstRunEndingAfter(cluster);
+    return i < this.start.length && this.start[i]! <= cluster ? i : -1;
+  }
+
+  /** Owner entry of a cluster and the byte offset of the cluster's first byte in the owner's data; undefined when free. */
+  lookup(cluster: number, clusterSize: number): { entry: number; offset: number } | undefined {
+    const i = this.runOf(cluster);
+    if (i < 0) return undefined;
+    return { entry: this.owner[i]!, offset: this.base[i]! + (cluster - this.start[i]!) * clusterSize };
+  }
+
+  /** The cluster holding byte `offset` of an entry's data, following its chain from `firstCluster`; undefined past the chain's end. */
+  clusterAt(firstCluster: number, offset: number, clusterSize: number): number | undefined {
+    for (let c = firstCluster; c >= ROOT_CLUSTER && c < FAT_EOC;) {
+      const i = this.runOf(c);
+      if (i < 0) return undefined;
+      const runBytes = (this.start[i]! + this.length[i]! - c) * clusterSize;
+      const at = offset - (this.base[i]! + (c - this.start[i]!) * clusterSize);
+      if (at < runBytes) return c + Math.floor(at / clusterSize);
+      c = this.next[i]!;
+    }
+    return undefined;
+  }
+
   /** The first cluster no run uses, or 0xFFFFFFFF when the volume is full. */
   firstFree(clusterCount: number): number {
     let c = ROOT_CLUSTER;
-    for (let i = 0; i < this.start.length && this.start[i] === c; i++) c += this.length[i]!;
+    const start = this.start;
+    const length = this.length;
+    for (let i = 0; i < start.length && start[i] === c; i++) c += length[i]!;
     return c < clusterCount + ROOT_CLUSTER ? c : 0xffffffff;
   }
 
@@ -98,15 +129,15 @@ export class ClusterMap {
 }
 
 /** Clusters an entry needs: directories at least one (for `.` and `..`), files ceil(size / cluster). */
-export function clustersNeeded(e: TreeEntry, clusterSize: number): number {
-  if (e.isDir) return Math.max(1, Math.ceil((e.slots! * 32) / clusterSize));
-  return Math.ceil(e.size / clusterSize);
+export function clustersNeeded(t: EntryTable, i: number, clusterSize: number): number {
+  if (t.isDir(i)) return Math.max(1, Math.ceil((t.dirSlots[i]! * 32) / clusterSize));
+  return Math.ceil(t.size[i]! / clusterSize);
 }
 
 /** Total clusters the tree needs with a cluster size. */
-export function treeClusters(entries: readonly TreeEntry[], clusterSize: number): number {
+export function treeClusters(t: EntryTable, clusterSize: number): number {
   let n = 0;
-  for (const e of entries) n += clustersNeeded(e, clusterSize);
+  for (let i = 0; i < t.count; i++) n += clustersNeeded(t, i, clusterSize);
   return n;
 }
 
@@ -114,18 +145,31 @@ export function treeClusters(entries: readonly TreeEntry[], clusterSize: number)
  * Lays the snapshot out: the root at cluster 2, then every other directory (breadth-first), then
  * files in entry order, each as one contiguous run. Sets each entry's firstCluster and clusters.
  */
-export function allocateClusters(entries: TreeEntry[], g: Geometry): ClusterMap {
-  const runs: { start: number; length: number; next: number; owner: number; base: number }[] = [];
+export function allocateClusters(t: EntryTable, g: Geometry): ClusterMap {
+  // At most one run per entry, allocated in increasing cluster order: columns fill in sorted.
+  const start = new Uint32Array(t.count);
+  const length = new Uint32Array(t.count);
+  const owner = new Int32Array(t.count);
+  let runs = 0;
   let c = ROOT_CLUSTER;
   const place = (i: number): void => {
-    const e = entries[i]!;
-    const n = clustersNeeded(e, g.clusterSize);
-    e.clusters = n;
-    e.firstCluster = n > 0 ? c : 0;
-    if (n > 0) runs.push({ start: c, length: n, next: FAT_EOC, owner: i, base: 0 });
+    const n = clustersNeeded(t, i, g.clusterSize);
+    t.clusters[i] = n;
+    t.firstCluster[i] = n > 0 ? c : 0;
+    if (n === 0) return;
+    start[runs] = c;
+    length[runs] = n;
+    owner[runs] = i;
+    runs++;
     c += n;
   };
-  entries.forEach((e, i) => e.isDir && place(i));
-  entries.forEach((e, i) => !e.isDir && place(i));
-  return new ClusterMap(runs);
+  for (let i = 0; i < t.count; i++) if (t.isDir(i)) place(i);
+  for (let i = 0; i < t.count; i++) if (!t.isDir(i)) place(i);
+  return new ClusterMap({
+    start: start.slice(0, runs),
+    length: length.slice(0, runs),
+    next: new Uint32Array(runs).fill(FAT_EOC),
+    owner: owner.slice(0, runs),
+    base: new Float64Array(runs),
+  });
 }

@@ -27,15 +27,17 @@ export interface FatTime {
 /** FAT date, time (2-second resolution) and creation tenths for a Unix time in milliseconds. */
 export function fatTime(ms: number): FatTime {
   const t = Math.min(MAX_TIME, Math.max(MIN_TIME, Number.isFinite(ms) ? ms : MIN_TIME));
-  const d = new Date(t);
-  const date = ((d.getFullYear() - 1980) << 9) | ((d.getMonth() + 1) << 5) | d.getDate();
-  const time = (d.getHours() << 11) | (d.getMinutes() << 5) | (d.getSeconds() >> 1);
-  const tenths = (d.getSeconds() & 1) * 100 + Math.floor(d.getMilliseconds() / 10);
+  // One time-zone lookup, then UTC getters on the shifted time (local getters look the zone up each).
+  const d = new Date(t - new Date(t).getTimezoneOffset() * 60_000);
+  const date = ((d.getUTCFullYear() - 1980) << 9) | ((d.getUTCMonth() + 1) << 5) | d.getUTCDate();
+  const time = (d.getUTCHours() << 11) | (d.getUTCMinutes() << 5) | (d.getUTCSeconds() >> 1);
+  const tenths = (d.getUTCSeconds() & 1) * 100 + Math.floor(d.getUTCMilliseconds() / 10);
   return { date, time, tenths };
 }
 
 export interface ShortEntryFields {
-  name: Uint8Array; // 11 bytes
+  /** The 11-byte short name field (latin1 string or bytes). */
+  name: Uint8Array | string;
   attr: number;
   firstCluster: number;
   size: number;
@@ -46,7 +48,8 @@ export interface ShortEntryFields {
 
 /** Writes one short entry at `buf[off]`. */
 export function writeShortEntry(buf: Buffer, off: number, e: ShortEntryFields): void {
-  buf.set(e.name.subarray(0, 11), off);
+  if (typeof e.name === 'string') buf.write(e.name, off, 11, 'latin1');
+  else buf.set(e.name.subarray(0, 11), off);
   buf[off + 11] = e.attr;
   buf[off + 12] = 0;
   const c = fatTime(e.birthtimeMs);
@@ -70,7 +73,7 @@ const LFN_UNIT_OFFSETS = [1, 3, 5, 7, 9, 14, 16, 18, 20, 22, 24, 28, 30];
  * Writes the long-name entries of `name` at `buf[off]` (highest-numbered first, as on disk) and
  * returns the offset after them, where the short entry goes.
  */
-export function writeLfnEntries(buf: Buffer, off: number, name: string, shortName: Uint8Array): number {
+export function writeLfnEntries(buf: Buffer, off: number, name: string, shortName: Uint8Array | string): number {
   const slots = Math.ceil(name.length / 13);
   const sum = lfnChecksum(shortName);
   for (let s = slots; s >= 1; s--) {

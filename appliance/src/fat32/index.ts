@@ -13,7 +13,8 @@ import { Fat32Volume, type Fat32Options } from './volume.js';
 
 export { Fat32Volume, defaultDiskSize, defaultHeadroom, type Fat32Options, type Fat32Report } from './volume.js';
 export { MIN_DISK_SIZE, MAX_DISK_SIZE } from './layout.js';
-export type { LeftOut, Renamed } from './tree.js';
+export type { LeftOut, Renamed, TreeSnapshot } from './tree.js';
+export type { EntryTable, EntryView } from './entries.js';
 
 /** Scans `sourceDir` and builds the volume. Throws BridgeError EINVAL when the tree does not fit `size`. */
 export async function buildFat32Volume(sourceDir: string, options: Fat32Options = {}): Promise<Fat32Volume> {

@@ -86,20 +86,25 @@ export const MIN_DISK_SIZE = (() => {
  * fewer than 65,525 clusters. `clusterSize` forces one.
  */
 export function chooseGeometry(diskSize: number, clusterSize?: number): Geometry {
-  if (diskSize > MAX_DISK_SIZE) throw new BridgeError('EINVAL', `FAT32 volume size ${formatSize(diskSize)} exceeds the MBR limit of ${formatSize(MAX_DISK_SIZE)}`);
+  if (diskSize > MAX_DISK_SIZE)
+    throw new BridgeError('EINVAL', `FAT32 volume size ${formatSize(diskSize)} exceeds the MBR limit of ${formatSize(MAX_DISK_SIZE)}`);
   if (clusterSize !== undefined) {
     if (![512, 1024, 2048, 4096, 8192, 16384, 32768].includes(clusterSize)) {
       throw new BridgeError('EINVAL', `FAT32 cluster size ${clusterSize} is not a power of two from 512 to 32768`);
     }
     const g = geometryWith(diskSize, clusterSize);
-    if (!g) throw new BridgeError('EINVAL', `a ${formatSize(diskSize)} disk with ${clusterSize}-byte clusters has fewer than ${MIN_CLUSTERS} clusters (not FAT32)`);
+    if (!g)
+      throw new BridgeError('EINVAL', `a ${formatSize(diskSize)} disk with ${clusterSize}-byte clusters has fewer than ${MIN_CLUSTERS} clusters (not FAT32)`);
     return g;
   }
   for (let cs = preferredClusterSize(diskSize); cs >= SECTOR; cs /= 2) {
     const g = geometryWith(diskSize, cs);
     if (g) return g;
   }
-  throw new BridgeError('EINVAL', `FAT32 volume size ${formatSize(diskSize)} is too small: the minimum is ${formatSize(MIN_DISK_SIZE)} (65,525 clusters of 512 bytes)`);
+  throw new BridgeError(
+    'EINVAL',
+    `FAT32 volume size ${formatSize(diskSize)} is too small: the minimum is ${formatSize(MIN_DISK_SIZE)} (65,525 clusters of 512 bytes)`,
+  );
 }
 
 /** Disk byte offset of a cluster's first byte. */

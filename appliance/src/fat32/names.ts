@@ -24,12 +24,18 @@ export interface MappedName {
   mapped: boolean;
 }
 
-const FORBIDDEN_LONG = /["*/:<>?\\|\u0000-\u001f]/g;
+// Control characters are forbidden in long names too: the rule is about them, hence the lint exception.
+// eslint-disable-next-line no-control-regex
+const FORBIDDEN_LONG = /["*/:<>?\\|\u0000-\u001f]/;
+// eslint-disable-next-line no-control-regex
+const FORBIDDEN_LONG_ALL = /["*/:<>?\\|\u0000-\u001f]/g;
 
 /** Maps a source name to a VFAT long name, or says why it cannot be one. */
 export function mapLongName(source: string): MappedName | NameProblem {
-  let name = source.replace(FORBIDDEN_LONG, '_');
-  name = name.replace(/[. ]+$/, '');
+  let name = FORBIDDEN_LONG.test(source) ? source.replace(FORBIDDEN_LONG_ALL, '_') : source;
+  let end = name.length;
+  while (end > 0 && (name.charCodeAt(end - 1) === 0x2e || name.charCodeAt(end - 1) === 0x20)) end--;
+  if (end < name.length) name = name.slice(0, end);
   if (name.length === 0) return 'empty after removing trailing dots and spaces';
   if (name.length > 255) return 'longer than 255 UTF-16 units';
   return { name, mapped: name !== source };
@@ -40,6 +46,8 @@ export function mapLongName(source: string): MappedName | NameProblem {
  * a stable key for case-insensitive comparison in the way FAT's per-character up-case table works.
  */
 export function foldCase(name: string): string {
+  const up = name.toUpperCase();
+  if (up.length === name.length) return up; // the common case: no unit grew
   let out = '';
   for (const ch of name) {
     const up = ch.toUpperCase();
@@ -55,13 +63,14 @@ function isShortChar(c: string): boolean {
   return (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || SHORT_SPECIAL.has(c);
 }
 
-/** The 11-byte short name field for base and extension (space padded); base[0] 0xE5 is stored as 0x05. */
-export function shortNameField(base: string, ext: string): Buffer {
-  const b = Buffer.alloc(11, 0x20);
-  b.write(base, 0, 8, 'latin1');
-  b.write(ext, 8, 3, 'latin1');
-  if (b[0] === 0xe5) b[0] = 0x05;
-  return b;
+/**
+ * The 11-byte short name field for base and extension (space padded), as an 11-character latin1
+ * string (a string costs a fraction of a Buffer per entry). A leading 0xE5 would read as "deleted"
+ * and is stored as 0x05, as the specification says (unreachable with our ASCII-only short names).
+ */
+export function shortNameField(base: string, ext: string): string {
+  const field = base.padEnd(8, ' ').slice(0, 8) + ext.padEnd(3, ' ').slice(0, 3);
+  return field.charCodeAt(0) === 0xe5 ? '\x05' + field.slice(1) : field;
 }
 
 /** The exact 8.3 form of `name` when its upper-case form is a valid short name, else undefined. */
@@ -131,9 +140,12 @@ export class ShortNameAllocator {
 }
 
 /** The checksum of an 11-byte short name, stored in each of its long-name entries. */
-export function lfnChecksum(shortName: Uint8Array): number {
+export function lfnChecksum(shortName: Uint8Array | string): number {
   let sum = 0;
-  for (let i = 0; i < 11; i++) sum = (((sum & 1) << 7) + (sum >> 1) + shortName[i]!) & 0xff;
+  for (let i = 0; i < 11; i++) {
+    const c = typeof shortName === 'string' ? shortName.charCodeAt(i) : shortName[i]!;
+    sum = (((sum & 1) << 7) + (sum >> 1) + c) & 0xff;
+  }
   return sum;
 }
 

@@ -49,6 +49,20 @@ export class Regions {
     if (n === 0 || this.start[0] !== 0) throw new Error('regions must start at offset 0');
   }
 
+  /**
+   * Regions from columns already sorted by start (no copies, no per-region objects): for the data
+   * area of a large tree. `start` holds count + 1 values, the last one the device size.
+   */
+  static fromColumns(start: Float64Array, kind: Uint8Array, owner: Int32Array, base: Float64Array, size: number): Regions {
+    const r = Object.create(Regions.prototype) as { -readonly [K in keyof Regions]: Regions[K] };
+    r.start = start;
+    r.kind = kind;
+    r.owner = owner;
+    r.base = base;
+    r.size = size;
+    return r as Regions;
+  }
+
   get count(): number {
     return this.kind.length;
   }

@@ -3,50 +3,20 @@
  * regular files), with their FAT names, attributes, times and directory slots. Nothing of the files'
  * contents is read. Entries are numbered in breadth-first order; entry 0 is the root.
  *
- * The table is what the write path will diff against: each entry keeps its source name and parent,
- * its first cluster and chain length, and the slot of its short entry in the parent directory.
+ * The table (entries.ts) is what the write path will diff against: each entry keeps its source name
+ * and parent, its first cluster and chain length, and the slot of its short entry in the parent.
  */
 import { lstatSync, readdirSync, type Stats } from 'node:fs';
 import { join } from 'node:path';
 import { BridgeError, errorMessage } from '../../../shared/src/errors.js';
 import { ATTR_ARCHIVE, ATTR_DIRECTORY, ATTR_HIDDEN, ATTR_READ_ONLY } from './dirent.js';
+import { EntryTable, FLAG_DIR, FLAG_LFN } from './entries.js';
 import { basisName, exactShortName, foldCase, lfnSlots, mapLongName, shortNameField, ShortNameAllocator } from './names.js';
 
 /** A FAT directory holds at most 65,536 entries of 32 bytes (2 MiB). */
 export const MAX_DIR_SLOTS = 65_536;
 /** FAT file sizes are 32-bit. */
 export const MAX_FILE_SIZE = 0xffffffff;
-
-export interface TreeEntry {
-  /** Index of the parent directory entry; -1 for the root. */
-  parent: number;
-  isDir: boolean;
-  /** Name in the source directory ('' for the root). */
-  sourceName: string;
-  /** Long name on the volume. */
-  name: string;
-  /** 11-byte short name field. */
-  shortName: Buffer;
-  /** Long-name entries precede the short entry. */
-  lfn: boolean;
-  attr: number;
-  /** File size in bytes (0 for directories). */
-  size: number;
-  mtimeMs: number;
-  atimeMs: number;
-  birthtimeMs: number;
-  ino: number;
-  /** First cluster of the chain (0 for an empty file); set by the allocator. */
-  firstCluster: number;
-  /** Clusters in the chain. */
-  clusters: number;
-  /** Slot (32-byte entry index) of the short entry in the parent directory. */
-  slot: number;
-  /** Directories: child entry indexes, in slot order. */
-  children?: number[];
-  /** Directories: 32-byte slots used, including `.`/`..` or the volume label. */
-  slots?: number;
-}
 
 export interface LeftOut {
   /** Path relative to the source, '/'-separated. */
@@ -62,7 +32,7 @@ export interface Renamed {
 
 export interface TreeSnapshot {
   source: string;
-  entries: TreeEntry[];
+  entries: EntryTable;
   leftOut: LeftOut[];
   renamed: Renamed[];
   files: number;
@@ -72,24 +42,39 @@ export interface TreeSnapshot {
   takenAt: Date;
 }
 
+/** What the scan keeps of an lstat: only numbers, so Stats objects die young. */
+interface StatFields {
+  mode: number;
+  size: number;
+  mtimeMs: number;
+  atimeMs: number;
+  ctimeMs: number;
+  birthtimeMs: number;
+  ino: number;
+}
+
 interface Candidate {
   sourceName: string;
   mapped: { name: string; mapped: boolean };
-  st: Stats;
+  st: StatFields;
   isDir: boolean;
+}
+
+function statFields(st: Stats): StatFields {
+  return { mode: st.mode, size: st.size, mtimeMs: st.mtimeMs, atimeMs: st.atimeMs, ctimeMs: st.ctimeMs, birthtimeMs: st.birthtimeMs, ino: st.ino };
 }
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
 /** Relative path of an entry, for reports. */
-export function entryPath(entries: readonly TreeEntry[], index: number): string {
+export function entryPath(entries: EntryTable, index: number): string {
   const parts: string[] = [];
-  for (let i = index; i > 0; i = entries[i]!.parent) parts.push(entries[i]!.sourceName);
+  for (let i = index; i > 0; i = entries.parent[i]!) parts.push(entries.sourceName[i]!);
   return parts.reverse().join('/');
 }
 
 /** Absolute source path of an entry. */
-export function sourcePath(source: string, entries: readonly TreeEntry[], index: number): string {
+export function sourcePath(source: string, entries: EntryTable, index: number): string {
   return join(source, entryPath(entries, index));
 }
 
@@ -101,18 +86,18 @@ function kindOf(st: Stats): string {
   return 'unsupported file type';
 }
 
-function entryFromStats(parent: number, c: Candidate): TreeEntry {
-  const st = c.st;
+function attrOf(c: Candidate): number {
   let attr = c.isDir ? ATTR_DIRECTORY : ATTR_ARCHIVE;
-  if (!c.isDir && (st.mode & 0o222) === 0) attr |= ATTR_READ_ONLY;
+  if (!c.isDir && (c.st.mode & 0o222) === 0) attr |= ATTR_READ_ONLY;
   if (c.sourceName.startsWith('.')) attr |= ATTR_HIDDEN;
-  return {
+  return attr;
+}
+
+function addEntry(table: EntryTable, parent: number, c: Candidate, flags: number, attr: number, slot: number, shortName: string): number {
+  const st = c.st;
+  return table.add({
     parent,
-    isDir: c.isDir,
-    sourceName: c.sourceName,
-    name: c.mapped.name,
-    shortName: Buffer.alloc(0),
-    lfn: false,
+    flags,
     attr,
     size: c.isDir ? 0 : st.size,
     mtimeMs: st.mtimeMs,
@@ -120,10 +105,11 @@ function entryFromStats(parent: number, c: Candidate): TreeEntry {
     // Creation time: the birth time when the file system records one, else the older of mtime and ctime.
     birthtimeMs: st.birthtimeMs > 0 ? st.birthtimeMs : Math.min(st.mtimeMs, st.ctimeMs),
     ino: st.ino,
-    firstCluster: 0,
-    clusters: 0,
-    slot: 0,
-  };
+    slot,
+    sourceName: c.sourceName,
+    mappedName: c.mapped.mapped ? c.mapped.name : undefined,
+    shortName,
+  });
 }
 
 /**
@@ -138,13 +124,14 @@ export async function scanTree(source: string): Promise<TreeSnapshot> {
     throw new BridgeError('ENOENT', `FAT32 source ${source} cannot be read: ${errorMessage(e)}`, {}, { cause: e });
   }
   if (!rootStat.isDirectory()) throw new BridgeError('EINVAL', `FAT32 source ${source} is not a directory`);
-  const root: TreeEntry = entryFromStats(-1, { sourceName: '', mapped: { name: '', mapped: false }, st: rootStat, isDir: true });
-  root.attr = ATTR_DIRECTORY;
-  const snap: TreeSnapshot = { source, entries: [root], leftOut: [], renamed: [], files: 0, directories: 0, bytes: 0, takenAt: new Date() };
+  const entries = new EntryTable();
+  addEntry(entries, -1, { sourceName: '', mapped: { name: '', mapped: false }, st: statFields(rootStat), isDir: true }, FLAG_DIR, ATTR_DIRECTORY, 0, '');
+  const snap: TreeSnapshot = { source, entries, leftOut: [], renamed: [], files: 0, directories: 0, bytes: 0, takenAt: new Date() };
+  // Directories waiting to be read, with their relative paths (so no path is rebuilt per entry).
+  const queue: { index: number; rel: string }[] = [{ index: 0, rel: '' }];
   let lastYield = Date.now();
-  for (let d = 0; d < snap.entries.length; d++) {
-    if (!snap.entries[d]!.isDir) continue;
-    scanDirectory(snap, d);
+  for (let q = 0; q < queue.length; q++) {
+    scanDirectory(snap, queue[q]!.index, queue[q]!.rel, queue);
     if (Date.now() - lastYield > 20) {
       await new Promise((r) => setImmediate(r));
       lastYield = Date.now();
@@ -153,34 +140,43 @@ export async function scanTree(source: string): Promise<TreeSnapshot> {
   return snap;
 }
 
-function scanDirectory(snap: TreeSnapshot, dirIndex: number): void {
-  const rel = entryPath(snap.entries, dirIndex);
+/** The names that are valid UTF-8; the others are reported as left out. */
+function validUtf8Names(raw: Buffer[], snap: TreeSnapshot, relOf: (name: string) => string): string[] {
+  const out: string[] = [];
+  for (const r of raw) {
+    try {
+      out.push(utf8.decode(r));
+    } catch {
+      snap.leftOut.push({ path: relOf(r.toString('latin1')), reason: 'name is not valid UTF-8' });
+    }
+  }
+  return out;
+}
+
+function scanDirectory(snap: TreeSnapshot, dirIndex: number, rel: string, queue: { index: number; rel: string }[]): void {
   const dirPath = join(snap.source, rel);
+  const prefix = dirPath.endsWith('/') ? dirPath : dirPath + '/';
   const relOf = (name: string): string => (rel ? `${rel}/${name}` : name);
-  const dir = snap.entries[dirIndex]!;
-  dir.children = [];
+  const table = snap.entries;
+  table.childStart[dirIndex] = table.count;
+  table.childCount[dirIndex] = 0;
   const isRoot = dirIndex === 0;
-  let names: Buffer[];
+  let names: string[];
   try {
-    names = readdirSync(dirPath, { encoding: 'buffer' });
+    names = readdirSync(dirPath);
+    // Node decodes names as UTF-8 with U+FFFD for invalid bytes; only then look at the raw bytes.
+    if (names.some((n) => n.includes('\uFFFD'))) names = validUtf8Names(readdirSync(dirPath, { encoding: 'buffer' }), snap, relOf);
   } catch (e) {
     // The directory stays (empty); what it held is reported.
     snap.leftOut.push({ path: rel || '.', reason: `contents not readable: ${errorMessage(e)}` });
-    dir.slots = isRoot ? 1 : 2;
+    table.dirSlots[dirIndex] = isRoot ? 1 : 2;
     return;
   }
   const candidates: Candidate[] = [];
-  for (const raw of names) {
-    let sourceName: string;
-    try {
-      sourceName = utf8.decode(raw);
-    } catch {
-      snap.leftOut.push({ path: relOf(raw.toString('latin1')), reason: 'name is not valid UTF-8' });
-      continue;
-    }
+  for (const sourceName of names) {
     let st: Stats;
     try {
-      st = lstatSync(join(dirPath, sourceName));
+      st = lstatSync(prefix + sourceName);
     } catch (e) {
       snap.leftOut.push({ path: relOf(sourceName), reason: `cannot stat: ${errorMessage(e)}` });
       continue;
@@ -199,7 +195,7 @@ function scanDirectory(snap: TreeSnapshot, dirIndex: number): void {
       snap.leftOut.push({ path: relOf(sourceName), reason: `name ${mapped}` });
       continue;
     }
-    candidates.push({ sourceName, mapped, st, isDir });
+    candidates.push({ sourceName, mapped, st: statFields(st), isDir });
   }
 
   // Rule 5 (names.ts): unmapped names first, then mapped ones, each in code-unit order; first wins.
@@ -211,7 +207,10 @@ function scanDirectory(snap: TreeSnapshot, dirIndex: number): void {
     const key = foldCase(c.mapped.name);
     const other = placed.get(key);
     if (other !== undefined) {
-      snap.leftOut.push({ path: relOf(c.sourceName), reason: `name${c.mapped.mapped ? ` (mapped to "${c.mapped.name}")` : ''} differs only in case from "${other}"` });
+      snap.leftOut.push({
+        path: relOf(c.sourceName),
+        reason: `name${c.mapped.mapped ? ` (mapped to "${c.mapped.name}")` : ''} collides, ignoring case, with "${other}"`,
+      });
       continue;
     }
     placed.set(key, c.sourceName);
@@ -239,19 +238,18 @@ function scanDirectory(snap: TreeSnapshot, dirIndex: number): void {
       snap.leftOut.push({ path: relOf(c.sourceName), reason: 'directory full: a FAT directory holds at most 65,536 entries' });
       continue;
     }
-    const e = entryFromStats(dirIndex, c);
-    e.shortName = shortNameField(short.base, short.ext);
-    e.lfn = lfn;
-    e.slot = slot + need - 1;
+    const flags = (c.isDir ? FLAG_DIR : 0) | (lfn ? FLAG_LFN : 0);
+    const index = addEntry(table, dirIndex, c, flags, attrOf(c), slot + need - 1, shortNameField(short.base, short.ext));
     slot += need;
     if (c.mapped.mapped) snap.renamed.push({ path: relOf(c.sourceName), name: c.mapped.name });
-    dir.children.push(snap.entries.length);
-    snap.entries.push(e);
-    if (c.isDir) snap.directories++;
-    else {
+    if (c.isDir) {
+      queue.push({ index, rel: relOf(c.sourceName) });
+      snap.directories++;
+    } else {
       snap.files++;
-      snap.bytes += e.size;
+      snap.bytes += c.st.size;
     }
   }
-  dir.slots = slot;
+  table.childCount[dirIndex] = table.count - table.childStart[dirIndex]!;
+  table.dirSlots[dirIndex] = slot;
 }

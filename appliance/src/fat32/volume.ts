@@ -16,8 +16,10 @@ import { buildMbr, buildReservedArea, labelField } from './boot.js';
 import { allocateClusters, treeClusters, type ClusterMap } from './clusters.js';
 import { ATTR_DIRECTORY, ATTR_VOLUME_ID, DIRENT_SIZE, writeLfnEntries, writeShortEntry } from './dirent.js';
 import { chooseGeometry, clusterOffset, MAX_DISK_SIZE, MIB, NUM_FATS, RESERVED_SECTORS, SECTOR, type Geometry } from './layout.js';
-import { Regions, RegionKind, type RegionSpec } from './regions.js';
-import { SourceFiles } from './source-files.js';
+import { Regions, RegionKind } from './regions.js';
+import { SourceFiles, type SourceIoMode } from './source-files.js';
+import { FLAG_LFN } from './entries.js';
+import { lfnSlots } from './names.js';
 import { entryPath, sourcePath, type LeftOut, type Renamed, type TreeSnapshot } from './tree.js';
 
 export interface Fat32Options {
@@ -31,6 +33,13 @@ export interface Fat32Options {
   volumeId?: number;
   /** Source files kept open at once (default 64). */
   maxOpenFiles?: number;
+  /**
+   * How file data is read from the source: 'async' (default) or 'sync' (fastest from the page cache).
+   * 'sync' blocks the event loop for each read, so it deadlocks when the source tree is served by this
+   * same process (store → FUSE file → kernel mount → FAT32): only callers that know the source is
+   * served by someone else (the `fat32 serve` CLI on a plain directory) may choose it.
+   */
+  ioMode?: SourceIoMode;
   log?: Logger;
 }
 
@@ -103,9 +112,11 @@ export class Fat32Volume implements BlockDevice {
   private readonly fixed: Buffer[];
   private readonly files: SourceFiles;
   private readonly dirCache = new Map<number, Buffer>();
+  private readonly dirPaths = new Map<number, string>();
   private dirCacheBytes = 0;
   private readonly life = new Lifecycle();
   private readonly log: Logger;
+  private readonly syncIo: boolean;
 
   constructor(
     readonly snapshot: TreeSnapshot,
@@ -134,12 +145,14 @@ export class Fat32Volume implements BlockDevice {
     this.regions = this.buildRegions();
     this.files = new SourceFiles(
       (i) => {
-        const e = snapshot.entries[i]!;
-        return { path: sourcePath(snapshot.source, snapshot.entries, i), size: e.size, mtimeMs: e.mtimeMs, ino: e.ino };
+        const t = snapshot.entries;
+        return { path: this.pathOf(i), size: t.size[i]!, mtimeMs: t.mtimeMs[i]!, ino: t.ino[i]! };
       },
       this.log,
+      options.ioMode ?? 'async',
       options.maxOpenFiles ?? 64,
     );
+    this.syncIo = (options.ioMode ?? 'async') === 'sync';
     this.log.info('FAT32 volume built', {
       source: snapshot.source,
       size: this.size,
@@ -150,26 +163,53 @@ export class Fat32Volume implements BlockDevice {
     });
   }
 
+  /** Absolute source path of an entry; directory paths are cached (10,000 directories ≈ 1 MB). */
+  private pathOf(index: number): string {
+    const t = this.snapshot.entries;
+    if (index === 0) return this.snapshot.source;
+    const parent = t.parent[index]!;
+    let dir = this.dirPaths.get(parent);
+    if (dir === undefined) {
+      dir = parent === 0 ? this.snapshot.source : sourcePath(this.snapshot.source, t, parent);
+      this.dirPaths.set(parent, dir);
+    }
+    return dir.endsWith('/') ? dir + t.sourceName[index]! : `${dir}/${t.sourceName[index]!}`;
+  }
+
   private buildRegions(): Regions {
     const g = this.geometry;
-    const fatBytes = g.fatSectors * SECTOR;
-    const specs: RegionSpec[] = [
-      { start: 0, kind: RegionKind.Bytes, owner: 0, base: 0 },
-      { start: SECTOR, kind: RegionKind.Zero, owner: 0, base: 0 },
-      { start: g.partitionOffset, kind: RegionKind.Bytes, owner: 1, base: 0 },
-    ];
-    for (let f = 0; f < NUM_FATS; f++) specs.push({ start: g.fatOffset + f * fatBytes, kind: RegionKind.Fat, owner: f, base: 0 });
-    let pos = g.dataOffset;
     const cm = this.clusters;
+    const fatBytes = g.fatSectors * SECTOR;
+    // Fixed regions, then per run a gap (when free clusters precede it) and the run, then the tail.
+    const max = 3 + NUM_FATS + 2 * cm.runs + 1;
+    const start = new Float64Array(max + 1);
+    const kind = new Uint8Array(max);
+    const owner = new Int32Array(max);
+    const base = new Float64Array(max);
+    let n = 0;
+    const push = (s: number, k: RegionKind, o: number, b: number): void => {
+      start[n] = s;
+      kind[n] = k;
+      owner[n] = o;
+      base[n] = b;
+      n++;
+    };
+    push(0, RegionKind.Bytes, 0, 0); // MBR
+    push(SECTOR, RegionKind.Zero, 0, 0); // gap to the partition
+    push(g.partitionOffset, RegionKind.Bytes, 1, 0); // reserved sectors
+    for (let f = 0; f < NUM_FATS; f++) push(g.fatOffset + f * fatBytes, RegionKind.Fat, f, 0);
+    let pos = g.dataOffset;
+    const entries = this.snapshot.entries;
     for (let i = 0; i < cm.runs; i++) {
-      const start = clusterOffset(g, cm.start[i]!);
-      if (start > pos) specs.push({ start: pos, kind: RegionKind.Zero, owner: 0, base: 0 });
-      const owner = cm.owner[i]!;
-      specs.push({ start, kind: this.snapshot.entries[owner]!.isDir ? RegionKind.Dir : RegionKind.File, owner, base: cm.base[i]! });
-      pos = start + cm.length[i]! * g.clusterSize;
+      const s = clusterOffset(g, cm.start[i]!);
+      if (s > pos) push(pos, RegionKind.Zero, 0, 0);
+      const o = cm.owner[i]!;
+      push(s, entries.isDir(o) ? RegionKind.Dir : RegionKind.File, o, cm.base[i]!);
+      pos = s + cm.length[i]! * g.clusterSize;
     }
-    if (pos < this.size) specs.push({ start: pos, kind: RegionKind.Zero, owner: 0, base: 0 });
-    return new Regions(specs, this.size);
+    if (pos < this.size) push(pos, RegionKind.Zero, 0, 0);
+    start[n] = this.size;
+    return Regions.fromColumns(start.slice(0, n + 1), kind.slice(0, n), owner.slice(0, n), base.slice(0, n), this.size);
   }
 
   async read(target: Uint8Array, offset: number): Promise<void> {
@@ -196,21 +236,21 @@ export class Fat32Volume implements BlockDevice {
         case RegionKind.Dir:
           copyPadded(this.directoryBytes(r.owner[i]!), within, part);
           break;
-        case RegionKind.File:
-          pending.push(this.readFile(r.owner[i]!, part, within));
+        case RegionKind.File: {
+          const entry = r.owner[i]!;
+          const size = this.snapshot.entries.size[entry]!;
+          // File bytes at `within`; past the file's end (the rest of its last cluster) zeros.
+          const valid = Math.max(0, Math.min(n, size - within));
+          if (valid < n) part.fill(0, valid);
+          if (valid === 0) break;
+          if (this.syncIo) this.files.readSync(entry, part.subarray(0, valid), within);
+          else pending.push(this.files.read(entry, part.subarray(0, valid), within));
           break;
+        }
       }
       pos += n;
     }
     if (pending.length) await Promise.all(pending);
-  }
-
-  /** File bytes at `within`; past the file's end (the rest of its last cluster) zeros. */
-  private async readFile(entry: number, part: Uint8Array, within: number): Promise<void> {
-    const size = this.snapshot.entries[entry]!.size;
-    const n = Math.max(0, Math.min(part.length, size - within));
-    if (n < part.length) part.fill(0, n);
-    if (n > 0) await this.files.read(entry, part.subarray(0, n), within);
   }
 
   /** The used bytes of a directory (slots × 32): label or `.`/`..`, then each child's long-name and short entries. */
@@ -221,24 +261,36 @@ export class Fat32Volume implements BlockDevice {
       this.dirCache.set(index, cached);
       return cached;
     }
-    const entries = this.snapshot.entries;
-    const dir = entries[index]!;
-    const buf = Buffer.alloc(dir.slots! * DIRENT_SIZE);
-    const times = { mtimeMs: dir.mtimeMs, atimeMs: dir.atimeMs, birthtimeMs: dir.birthtimeMs };
+    const t = this.snapshot.entries;
+    const buf = Buffer.alloc(t.dirSlots[index]! * DIRENT_SIZE);
+    const times = { mtimeMs: t.mtimeMs[index]!, atimeMs: t.atimeMs[index]!, birthtimeMs: t.birthtimeMs[index]! };
     if (index === 0) {
       writeShortEntry(buf, 0, { name: labelField(this.label), attr: ATTR_VOLUME_ID, firstCluster: 0, size: 0, ...times });
       buf.fill(0, 12, 20); // a label has no creation or access time
     } else {
-      const parent = entries[dir.parent]!;
-      writeShortEntry(buf, 0, { name: Buffer.from('.          ', 'latin1'), attr: ATTR_DIRECTORY, firstCluster: dir.firstCluster, size: 0, ...times });
+      const own = t.firstCluster[index]!;
+      writeShortEntry(buf, 0, { name: '.          ', attr: ATTR_DIRECTORY, firstCluster: own, size: 0, ...times });
       // `..` of a directory in the root points at cluster 0, as the specification asks.
-      const up = dir.parent === 0 ? 0 : parent.firstCluster;
-      writeShortEntry(buf, DIRENT_SIZE, { name: Buffer.from('..         ', 'latin1'), attr: ATTR_DIRECTORY, firstCluster: up, size: 0, ...times });
+      const parent = t.parent[index]!;
+      const up = parent === 0 ? 0 : t.firstCluster[parent]!;
+      writeShortEntry(buf, DIRENT_SIZE, { name: '..         ', attr: ATTR_DIRECTORY, firstCluster: up, size: 0, ...times });
     }
-    for (const c of dir.children!) {
-      const e = entries[c]!;
-      if (e.lfn) writeLfnEntries(buf, (e.slot - Math.ceil(e.name.length / 13)) * DIRENT_SIZE, e.name, e.shortName);
-      writeShortEntry(buf, e.slot * DIRENT_SIZE, { ...e, name: e.shortName });
+    const first = t.childStart[index]!;
+    for (let c = first; c < first + t.childCount[index]!; c++) {
+      const slot = t.slot[c]!;
+      if (t.flags[c]! & FLAG_LFN) {
+        const name = t.name(c);
+        writeLfnEntries(buf, (slot - lfnSlots(name)) * DIRENT_SIZE, name, t.shortName[c]!);
+      }
+      writeShortEntry(buf, slot * DIRENT_SIZE, {
+        name: t.shortName[c]!,
+        attr: t.attr[c]!,
+        firstCluster: t.firstCluster[c]!,
+        size: t.size[c]!,
+        mtimeMs: t.mtimeMs[c]!,
+        atimeMs: t.atimeMs[c]!,
+        birthtimeMs: t.birthtimeMs[c]!,
+      });
     }
     this.dirCache.set(index, buf);
     this.dirCacheBytes += buf.length;
@@ -248,6 +300,20 @@ export class Fat32Volume implements BlockDevice {
       this.dirCacheBytes -= v.length;
     }
     return buf;
+  }
+
+  /**
+   * Where an entry's 32-byte short directory entry lies on the disk (its long-name entries, if any,
+   * precede it). The write path compares host-written directory sectors with these.
+   */
+  directoryEntryOffset(index: number): number {
+    const t = this.snapshot.entries;
+    const parent = t.parent[index]!;
+    if (index === 0) throw new BridgeError('EINVAL', 'the root directory has no directory entry');
+    const byte = t.slot[index]! * DIRENT_SIZE;
+    const cluster = this.clusters.clusterAt(t.firstCluster[parent]!, byte, this.geometry.clusterSize);
+    if (cluster === undefined) throw new Error(`slot ${t.slot[index]} lies past the clusters of directory ${entryPath(t, parent)}`);
+    return clusterOffset(this.geometry, cluster) + (byte % this.geometry.clusterSize);
   }
 
   /** What is on the volume, what was left out or renamed and why, and what changed since the snapshot. */

@@ -113,7 +113,13 @@ export interface BackendContext {
 }
 
 /** `qemu-img convert` with its progress parsed (every backend's conversion goes through it). */
-export async function qemuImgConvert(runner: CommandRunner, src: string, dest: string, format: DiskFormat, onProgress?: (percent: number) => void): Promise<void> {
+export async function qemuImgConvert(
+  runner: CommandRunner,
+  src: string,
+  dest: string,
+  format: DiskFormat,
+  onProgress?: (percent: number) => void,
+): Promise<void> {
   const args = ['convert', '-p', '-f', 'raw', '-O', format];
   if (format === 'vhdx') args.push('-o', 'subformat=dynamic');
   if (format === 'vmdk') args.push('-o', 'subformat=monolithicSparse');

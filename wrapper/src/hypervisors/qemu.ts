@@ -132,7 +132,8 @@ export class QemuBackend implements HypervisorBackend {
   async chooseAccel(notes: string[], version: string): Promise<string> {
     const forced = this.ctx.accel ?? process.env.BRIDGE_QEMU_ACCEL;
     if (forced && forced !== 'auto') {
-      if (!(QEMU_ACCELS as readonly string[]).includes(forced)) throw new BridgeError('EINVAL', `--accel: expected auto, ${QEMU_ACCELS.join(', ')}; got "${forced}"`);
+      if (!(QEMU_ACCELS as readonly string[]).includes(forced))
+        throw new BridgeError('EINVAL', `--accel: expected auto, ${QEMU_ACCELS.join(', ')}; got "${forced}"`);
       notes.push(`accelerator forced to ${forced}`);
       return forced;
     }

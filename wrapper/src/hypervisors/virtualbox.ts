@@ -72,7 +72,22 @@ export class VirtualBoxBackend implements HypervisorBackend {
     await this.vbox(modify);
     await this.vbox(['storagectl', name, '--name', 'SATA', '--add', 'sata', '--controller', 'IntelAhci', '--portcount', String(spec.disks.length + 1)]);
     const attach = async (port: number, path: string, serial: string, mtype: string): Promise<void> => {
-      await this.vbox(['storageattach', name, '--storagectl', 'SATA', '--port', String(port), '--device', '0', '--type', 'hdd', '--medium', path, '--mtype', mtype]);
+      await this.vbox([
+        'storageattach',
+        name,
+        '--storagectl',
+        'SATA',
+        '--port',
+        String(port),
+        '--device',
+        '0',
+        '--type',
+        'hdd',
+        '--medium',
+        path,
+        '--mtype',
+        mtype,
+      ]);
       await this.vbox(['setextradata', name, `VBoxInternal/Devices/ahci/0/Config/Port${port}/SerialNumber`, serial]);
     };
     // The boot disk is immutable: VirtualBox keeps writes in a differencing image it throws away.

@@ -177,8 +177,9 @@ export class VmwareBackend implements HypervisorBackend {
   }
 
   async deleteVm(ref: VmRef): Promise<void> {
-    // deleteVM removes the VM's own files; source disks are referenced by descriptors we wrote, not deleted.
-    await this.vmrun(['deleteVM', ref.id], false);
+    // Not `vmrun deleteVM`: it deletes every disk the VM references, including a user's raw source
+    // behind our descriptor. The VM was never registered in the library, so removing its files is enough.
     rmSync(ref.id, { force: true });
+    rmSync(join(ref.dir, 'console.log'), { force: true });
   }
 }

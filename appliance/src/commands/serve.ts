@@ -1,0 +1,193 @@
+/**
+ * `bridge-agent serve` runs the daemon; `status`, `secret put`, `config set cache-size`, `reload` and
+ * `stop` are its clients over the control socket (the host wrapper runs them over SSH, so their
+ * output is a stable interface: see docs/agent.md).
+ */
+import type { Command } from 'commander';
+import { promises as fsp } from 'node:fs';
+import { join } from 'node:path';
+import { parseAgentConfig, type AgentConfig } from '../../../shared/src/config.js';
+import { BridgeError, errorMessage } from '../../../shared/src/errors.js';
+import { configureLogger, logger, type LogLevel } from '../../../shared/src/logger.js';
+import { CONTROL_SOCKET, type AgentStatus, type ControlRequest } from '../../../shared/src/protocol.js';
+import { formatSize, parseSize } from '../../../shared/src/size.js';
+import { Agent } from '../daemon/agent.js';
+import { controlRequest, listenControl } from '../daemon/control.js';
+import { onShutdown, shutdown, untilShutdown } from '../process/shutdown.js';
+import { action, output } from './common.js';
+
+const DEFAULT_RUNTIME = '/run/bridge';
+
+async function readConfig(path: string): Promise<AgentConfig> {
+  let text: string;
+  try {
+    text = await fsp.readFile(path, 'utf8');
+  } catch (e) {
+    throw new BridgeError('CONFIG', `cannot read config ${path}: ${(e as NodeJS.ErrnoException).code ?? errorMessage(e)}`);
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (e) {
+    throw new BridgeError('CONFIG', `${path}: not valid JSON: ${errorMessage(e)}`);
+  }
+  return parseAgentConfig(raw, path);
+}
+
+interface ClientOptions {
+  runtimeDir?: string;
+  config?: string;
+  json?: boolean;
+}
+
+/** The control socket: from --runtime-dir, the runtimeDir of --config, $BRIDGE_RUNTIME_DIR, or /run/bridge. */
+async function socketOf(o: ClientOptions): Promise<string> {
+  if (o.runtimeDir) return join(o.runtimeDir, CONTROL_SOCKET);
+  if (o.config) return join((await readConfig(o.config)).runtimeDir, CONTROL_SOCKET);
+  return join(process.env.BRIDGE_RUNTIME_DIR || DEFAULT_RUNTIME, CONTROL_SOCKET);
+}
+
+function clientCommand(cmd: Command): Command {
+  return cmd
+    .option('--runtime-dir <dir>', `the agent's runtime directory (default $BRIDGE_RUNTIME_DIR or ${DEFAULT_RUNTIME})`)
+    .option('--config <file>', "take the runtime directory from the agent's config file");
+}
+
+async function readStdin(): Promise<string> {
+  if (process.stdin.isTTY) throw new BridgeError('EINVAL', 'pipe the secret on standard input, e.g. printf %s "$PW" | bridge-agent secret put NAME');
+  const chunks: Buffer[] = [];
+  for await (const c of process.stdin) chunks.push(c as Buffer);
+  return Buffer.concat(chunks).toString('utf8').replace(/\r?\n$/, '');
+}
+
+function statusText(s: AgentStatus): string {
+  const lines = [`agent ${s.version} pid ${s.pid} up ${s.uptimeSeconds}s ${s.ready ? 'READY' : 'NOT READY'}`];
+  const row = (c: { name: string; kind: string; health: string; error?: string }, extra = ''): string =>
+    `  ${c.health.padEnd(9)} ${c.kind.padEnd(9)} ${c.name}${extra}${c.error ? `  (${c.error})` : ''}`;
+  lines.push('sources:', ...s.sources.map((c) => row(c)));
+  if (s.stages.length) lines.push('stages:', ...s.stages.map((c) => row(c)));
+  if (s.exports.length) lines.push('exports:', ...s.exports.map((e) => row(e, e.endpoint ? `  ${e.endpoint.url}` : '')));
+  return lines.join('\n');
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export function register(program: Command): void {
+  program
+    .command('serve')
+    .description('run the agent: open sources, build stages, serve the exports until SIGTERM or `bridge-agent stop`')
+    .requiredOption('--config <file>', 'agent config (JSON, see docs/config.md)')
+    .option('--json', 'print the status as JSON once started (else one "ready" line)')
+    .action(
+      action(async (opts: { config: string; json?: boolean }) => {
+        const config = await readConfig(opts.config);
+        // The daemon outlives whoever started it: a closed stdout/stderr must not become a fatal error.
+        process.stdout.on('error', () => undefined);
+        process.stderr.on('error', () => undefined);
+        // The config's log settings apply unless given on the command line.
+        if (program.getOptionValueSource('logLevel') === 'default') configureLogger({ level: config.log.level as LogLevel, json: config.log.json || program.opts().logJson });
+        const log = logger().child({ component: 'serve' });
+        const imageVersion = await fsp
+          .readFile('/etc/bridge-image-version', 'utf8')
+          .then((t) => t.trim())
+          .catch(() => process.env.BRIDGE_IMAGE_VERSION);
+        const agent = new Agent(config, { log, configPath: opts.config, ...(imageVersion ? { imageVersion } : {}) });
+        onShutdown('agent', () => agent.stop());
+        const handle = async (req: ControlRequest): Promise<unknown> => {
+          switch (req.method) {
+            case 'status':
+              return agent.status();
+            case 'putSecret':
+              return agent.putSecret(req.params.name, req.params.value);
+            case 'setCacheSize':
+              return agent.setCacheSize(req.params.bytes, req.params.source);
+            case 'reload':
+              return agent.reload();
+            case 'shutdown':
+              setTimeout(() => void shutdown('stop requested over the control socket'), 50);
+              return { stopping: true };
+            default:
+              throw new BridgeError('EINVAL', `unknown method "${(req as { method: string }).method}"`);
+          }
+        };
+        await agent.start(async () => {
+          const server = await listenControl(agent.layout.socket, handle, log);
+          onShutdown('control socket', async () => {
+            await new Promise<void>((r) => server.close(() => r()));
+            await fsp.rm(agent.layout.socket, { force: true });
+          });
+        });
+        const s = agent.status();
+        output(opts.json ?? false, s, () => `bridge-agent ${s.ready ? 'ready' : 'started'}: ${s.exports.filter((e) => e.health === 'ok').length}/${s.exports.length} exports ok; control socket ${agent.layout.socket}`);
+        await untilShutdown();
+      }),
+    );
+
+  clientCommand(program.command('status').description('the running agent: every source, stage and export with its health and endpoint'))
+    .option('--json', 'print the AgentStatus object (shared/src/protocol.ts)')
+    .action(
+      action(async (opts: ClientOptions) => {
+        const s = (await controlRequest(await socketOf(opts), { method: 'status' })) as AgentStatus;
+        output(opts.json ?? false, s, () => statusText(s));
+      }),
+    );
+
+  const secret = program.command('secret').description("hand secrets to the running agent (they stay in its memory)");
+  clientCommand(secret.command('put').description('set the pushed secret NAME to the value read from standard input (one trailing newline dropped)'))
+    .argument('<name>', 'the name used as {"pushed": NAME} in the config')
+    .option('--json', 'print the result as JSON')
+    .action(
+      action(async (name: string, opts: ClientOptions) => {
+        const value = await readStdin();
+        const res = (await controlRequest(await socketOf(opts), { method: 'putSecret', params: { name, value } })) as { changed: boolean };
+        output(opts.json ?? false, res, () => `secret ${name} ${res.changed ? 'stored' : 'unchanged'}`);
+      }),
+    );
+
+  const config = program.command('config').description('change settings of the running agent');
+  clientCommand(config.command('set').description('set a live setting; today: cache-size SIZE (of store sources)'))
+    .argument('<key>', 'cache-size')
+    .argument('<value>', 'e.g. 2G')
+    .option('--source <name>', 'only this store source (default: all store sources)')
+    .option('--json', 'print the result as JSON')
+    .action(
+      action(async (key: string, value: string, opts: ClientOptions & { source?: string }) => {
+        if (key !== 'cache-size') throw new BridgeError('EINVAL', `unknown setting "${key}" (known: cache-size)`);
+        const bytes = parseSize(value, 'cache-size');
+        const res = (await controlRequest(await socketOf(opts), { method: 'setCacheSize', params: { bytes, ...(opts.source ? { source: opts.source } : {}) } })) as {
+          sources: string[];
+        };
+        output(opts.json ?? false, res, () => `cache size ${formatSize(bytes)} set on ${res.sources.length ? res.sources.join(', ') : 'no store source'}`);
+      }),
+    );
+
+  clientCommand(program.command('reload').description('re-read the config file: apply new credentials and cache sizes live'))
+    .option('--json', 'print the result as JSON')
+    .action(
+      action(async (opts: ClientOptions) => {
+        const res = (await controlRequest(await socketOf(opts), { method: 'reload' })) as { applied: string[]; restartRequired: string[] };
+        output(opts.json ?? false, res, () => [`applied: ${res.applied.join(', ') || 'nothing'}`, ...res.restartRequired.map((r) => `not applied: ${r}`)].join('\n'));
+      }),
+    );
+
+  clientCommand(program.command('stop').description('stop the running agent (like SIGTERM) and wait until it is gone'))
+    .option('--json', 'print the result as JSON')
+    .action(
+      action(async (opts: ClientOptions) => {
+        const socket = await socketOf(opts);
+        const { pid } = (await controlRequest(socket, { method: 'status' })) as AgentStatus;
+        await controlRequest(socket, { method: 'shutdown' });
+        // Stopped once the process is gone (after unmounting everything): wait for that, bounded.
+        for (let i = 0; i < 1200 && alive(pid); i++) await new Promise((r) => setTimeout(r, 100));
+        if (alive(pid)) throw new BridgeError('EBUSY', `the agent (pid ${pid}) is still stopping after 120 s`);
+        output(opts.json ?? false, { stopped: true }, () => 'agent stopped');
+      }),
+    );
+}

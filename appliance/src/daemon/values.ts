@@ -1,0 +1,184 @@
+/**
+ * Building the pipeline's values: sources (directory, disk, memory, file, store) and stages (kernel
+ * mount: block → tree; FAT32: tree → block). Each builder returns the value, details for status, and
+ * how to close it. Errors name the source or stage.
+ */
+import { promises as fsp } from 'node:fs';
+import { join } from 'node:path';
+import type { SourceConfig, StageConfig } from '../../../shared/src/config.js';
+import { BridgeError, errorMessage } from '../../../shared/src/errors.js';
+import type { Logger } from '../../../shared/src/logger.js';
+import type { BlockDevice } from '../block/device.js';
+import { FileBlockDevice } from '../block/file.js';
+import { MemoryBlockDevice } from '../block/memory.js';
+import { BlockFile } from '../fuse/block-file.js';
+import { kernelMount } from '../stages/mount.js';
+import { directoryTree, type Tree } from '../tree/tree.js';
+import { hostname } from 'node:os';
+import { buildFat32Volume } from '../fat32/index.js';
+import { openStore, type ChunkStoreDevice, type OpenStoreOptions } from '../store/index.js';
+
+export type Value =
+  | { kind: 'tree'; tree: Tree }
+  /** `flushes` counts flushes that reached the device through its FUSE file (SYNCHRONIZE CACHE from iSCSI). */
+  | { kind: 'block'; device: BlockDevice; store?: ChunkStoreDevice; file?: BlockFile; flushes?: number };
+
+export interface Built {
+  value: Value;
+  details: Record<string, unknown>;
+}
+
+export interface BuildContext {
+  runtimeTrees: string;
+  log: Logger;
+  /** A secret's value; undefined while it is pending. */
+  passphrase?: string;
+}
+
+/** `serial:NAME` → the /dev node of the disk whose serial is NAME (virtio disks attached by the host). */
+export async function resolveDiskPath(path: string): Promise<string> {
+  if (!path.startsWith('serial:')) return path;
+  const serial = path.slice('serial:'.length);
+  const names = await fsp.readdir('/sys/block').catch(() => [] as string[]);
+  for (const dev of names) {
+    for (const f of [join('/sys/block', dev, 'serial'), join('/sys/block', dev, 'device', 'serial')]) {
+      const s = await fsp.readFile(f, 'utf8').catch(() => undefined);
+      if (s !== undefined && s.trim() === serial) return `/dev/${dev}`;
+    }
+  }
+  throw new BridgeError('ENOENT', `no disk with serial "${serial}" is attached (looked in /sys/block/*/serial)`);
+}
+
+export async function buildSource(s: SourceConfig, ctx: BuildContext): Promise<Built> {
+  switch (s.kind) {
+    case 'directory': {
+      const tree = await directoryTree(s.path, s.readOnly);
+      return { value: { kind: 'tree', tree }, details: { path: tree.path, readOnly: s.readOnly } };
+    }
+    case 'disk': {
+      const path = await resolveDiskPath(s.path);
+      // Read the partition table through our own reader; the kernel then reads the disk through a loop device.
+      const reader = await FileBlockDevice.open(path, { readOnly: true });
+      try {
+        const tree = await kernelMount({
+          what: `source "${s.name}"`,
+          file: path,
+          read: (t, o) => reader.read(t, o),
+          size: reader.size,
+          partition: s.partition,
+          fstype: s.fstype,
+          readOnly: s.readOnly,
+          mountpoint: join(ctx.runtimeTrees, s.name),
+          log: ctx.log,
+        });
+        return {
+          value: { kind: 'tree', tree },
+          details: { path: s.path, device: path, partition: tree.partition, fstype: tree.fstype, loop: tree.loopDevice, mountpoint: tree.path, readOnly: s.readOnly },
+        };
+      } finally {
+        await reader.close();
+      }
+    }
+    case 'memory': {
+      const device = new MemoryBlockDevice(s.size);
+      return { value: { kind: 'block', device }, details: { size: s.size } };
+    }
+    case 'file': {
+      const device = await FileBlockDevice.open(s.path, { readOnly: s.readOnly, ...(s.size !== undefined ? { size: s.size } : {}) });
+      return { value: { kind: 'block', device }, details: { path: s.path, size: device.size, readOnly: s.readOnly } };
+    }
+    case 'store': {
+      const store = await openStoreBreakingOwnLock({
+        store: s.store,
+        ...(s.endpoint ? { endpoint: s.endpoint } : {}),
+        ...(s.region ? { region: s.region } : {}),
+        ...(ctx.passphrase !== undefined ? { passphrase: ctx.passphrase } : {}),
+        ...(s.cache.dir ? { cacheDir: s.cache.dir } : {}),
+        cacheSize: s.cache.size,
+        memoryCacheSize: s.cache.memory,
+        readOnly: s.readOnly,
+        log: ctx.log,
+      }, ctx.log);
+      return { value: { kind: 'block', device: store, store }, details: { store: s.store, size: store.size, readOnly: s.readOnly, cacheSize: s.cache.size } };
+    }
+  }
+}
+
+/**
+ * Opens a store; a writer lock left by a killed agent on this host (its pid is gone) is broken, since
+ * the runtime directory is ours and no other agent runs. Locks of live or remote holders are kept.
+ */
+async function openStoreBreakingOwnLock(o: OpenStoreOptions, log: Logger): Promise<ChunkStoreDevice> {
+  try {
+    return await openStore(o);
+  } catch (e) {
+    const holder = (e instanceof BridgeError && e.code === 'EBUSY' ? e.details['holder'] : undefined) as { host?: string; pid?: number } | undefined;
+    if (!holder || holder.host !== hostname() || holder.pid === undefined || pidAlive(holder.pid)) throw e;
+    log.warn('breaking the store lock of a process that is gone', { store: o.store, pid: holder.pid });
+    return openStore({ ...o, breakLock: true });
+  }
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export async function buildStage(s: StageConfig, from: Value, fromName: string, ctx: BuildContext & { runtimeBlocks: string }): Promise<Built> {
+  switch (s.kind) {
+    case 'mount': {
+      if (from.kind !== 'block') throw new BridgeError('CONFIG', `stage "${s.name}": mounts a block device, but "${fromName}" is a tree`);
+      const file = await ensureBlockFile(from, fromName, ctx.runtimeBlocks, ctx.log);
+      const readOnly = s.readOnly || !from.device.capabilities.writable;
+      const tree = await kernelMount({
+        what: `stage "${s.name}"`,
+        file: file.path,
+        read: (t, o) => from.device.read(t, o),
+        size: from.device.size,
+        partition: 'auto',
+        fstype: s.fstype,
+        readOnly,
+        mountpoint: join(ctx.runtimeTrees, s.name),
+        log: ctx.log,
+      });
+      return {
+        value: { kind: 'tree', tree },
+        details: { from: fromName, file: file.path, partition: tree.partition, fstype: tree.fstype, loop: tree.loopDevice, mountpoint: tree.path, readOnly },
+      };
+    }
+    case 'fat32': {
+      if (from.kind !== 'tree') throw new BridgeError('CONFIG', `stage "${s.name}": synthesizes FAT32 from a tree, but "${fromName}" is a block device`);
+      const device = await buildFat32Volume(from.tree.path, { ...(s.size !== undefined ? { size: s.size } : {}), ...(s.label ? { label: s.label } : {}) });
+      return { value: { kind: 'block', device }, details: { from: fromName, size: device.size, report: safeReport(device.report) } };
+    }
+  }
+}
+
+function safeReport(report: () => unknown): unknown {
+  try {
+    return report();
+  } catch (e) {
+    return { error: errorMessage(e) };
+  }
+}
+
+/** A block value's FUSE file (RUNTIME/blocks/NAME/disk.img), made on first use and shared. */
+export async function ensureBlockFile(v: Extract<Value, { kind: 'block' }>, name: string, blocksDir: string, log: Logger): Promise<BlockFile> {
+  if (!v.file) {
+    v.file = await BlockFile.expose(v.device, join(blocksDir, name), { readOnly: !v.device.capabilities.writable, fsname: `bridge-${name}`, log });
+    v.flushes = 0;
+    v.file.onFlush(() => (v.flushes = (v.flushes ?? 0) + 1));
+  }
+  return v.file;
+}
+
+/** Closes a value: unmounts a tree; unmounts a block's FUSE file, then closes the device. */
+export async function closeValue(v: Value): Promise<void> {
+  if (v.kind === 'tree') return v.tree.close();
+  if (v.file) return v.file.close(); // closes the device too
+  return v.device.close();
+}

@@ -1,0 +1,281 @@
+/**
+ * The chunked, compressed, encrypted online block store: programmatic API (the agent daemon and
+ * `bridge-agent store ...` both use it). The stack, bottom up, one file per layer:
+ *
+ *   backend-dir.ts / backend-s3.ts   objects in a directory or an S3 bucket
+ *   retry.ts                         retries transient store errors with backoff
+ *   codec.ts + chunks.ts             zero detection → zstd → AES-256-GCM, per chunk
+ *   journal.ts + cache.ts            local disk + memory cache, write-back, crash-safe journal
+ *   device.ts                        the BlockDevice
+ *
+ * Stable API: createStore, openStore (→ ChunkStoreDevice), readStoreInfo, fsckStore, storeStats,
+ * defaultCacheDir. Options are documented in docs/store.md.
+ */
+import { promises as fsp } from 'node:fs';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import { BridgeError, errorMessage } from '../../../shared/src/errors.js';
+import { logger, type Logger } from '../../../shared/src/logger.js';
+import { CHUNK_PREFIX, chunkIndexOf, HEADER_KEY, parseStoreLocation, type ObjectBackend } from './backend.js';
+import { DirBackend } from './backend-dir.js';
+import { S3Backend } from './backend-s3.js';
+import { ChunkCache } from './cache.js';
+import { ChunkStore } from './chunks.js';
+import { ChunkCodec } from './codec.js';
+import { ChunkStoreDevice, type ChunkStoreStats } from './device.js';
+import { decodeHeader, encodeHeader, newHeader, unlock, type Cipher, type Compression, type VolumeHeader } from './header.js';
+import { Journal } from './journal.js';
+import { readLock, StoreLock, type LockInfo } from './lock.js';
+import { RetryingBackend, type RetryOptions } from './retry.js';
+
+export { ChunkStoreDevice, type ChunkStoreStats } from './device.js';
+export type { VolumeHeader, Cipher, Compression } from './header.js';
+export type { ObjectBackend } from './backend.js';
+
+export interface StoreLocationOptions {
+  /** `dir:PATH` or `s3://BUCKET/PREFIX`. */
+  store: string;
+  /** S3 endpoint URL (path-style addressing is used with it). */
+  endpoint?: string;
+  region?: string;
+  retry?: Omit<RetryOptions, 'log'>;
+  /** Wraps the raw backend (below the retry layer): fault injection in tests, metering. */
+  wrapBackend?: (backend: ObjectBackend) => ObjectBackend;
+  log?: Logger;
+}
+
+export interface CreateStoreOptions extends StoreLocationOptions {
+  /** Volume size in bytes. */
+  size: number;
+  /** Power of two from 4 KiB to 4 MiB (default 128 KiB). */
+  chunkSize?: number;
+  compression?: Compression;
+  compressionLevel?: number;
+  cipher?: Cipher;
+  /** Required unless cipher is 'none'. */
+  passphrase?: string;
+  /** scrypt cost (default N=2^15, r=8, p=1). */
+  kdf?: { N: number; r: number; p: number };
+}
+
+export interface OpenStoreOptions extends StoreLocationOptions {
+  passphrase?: string;
+  /** Local cache directory (default ~/.cache/bridge/store/VOLUMEID, or $XDG_CACHE_HOME/...). */
+  cacheDir?: string;
+  /** Hard limit of the cache directory in bytes (default 512 MiB). */
+  cacheSize?: number;
+  /** Bytes of chunk copies in memory (default min(32 MiB, cacheSize / 8)). */
+  memoryCacheSize?: number;
+  readOnly?: boolean;
+  /** Remove a stale writer lock left by a process that is gone. */
+  breakLock?: boolean;
+  uploadConcurrency?: number;
+  downloadConcurrency?: number;
+  /** Chunks read ahead on sequential reads (default 8 MiB worth; 0 disables). */
+  readAhead?: number;
+  writeDelayMs?: number;
+}
+
+export const DEFAULT_CHUNK_SIZE = 128 * 1024;
+export const DEFAULT_CACHE_SIZE = 512 * 1024 * 1024;
+
+/** The object backend for a location, with retries. */
+export async function openBackend(o: StoreLocationOptions, create = false): Promise<ObjectBackend> {
+  const loc = parseStoreLocation(o.store);
+  let raw: ObjectBackend =
+    loc.kind === 'dir'
+      ? await DirBackend.open(loc.path, create)
+      : new S3Backend({ bucket: loc.bucket, prefix: loc.prefix, ...(o.endpoint ? { endpoint: o.endpoint } : {}), ...(o.region ? { region: o.region } : {}) });
+  if (o.wrapBackend) raw = o.wrapBackend(raw);
+  return new RetryingBackend(raw, { ...o.retry, log: (o.log ?? logger()).child({ component: 'store' }) });
+}
+
+async function readHeader(backend: ObjectBackend): Promise<VolumeHeader> {
+  const data = await backend.get(HEADER_KEY);
+  if (!data) throw new BridgeError('ENOENT', `no volume at ${backend.location} (no ${HEADER_KEY}); create one with: bridge-agent store create`);
+  return decodeHeader(data, backend.location);
+}
+
+/** Creates a new, all-zero volume. Refuses when a volume already exists there. */
+export async function createStore(o: CreateStoreOptions): Promise<VolumeHeader> {
+  const { header } = await newHeader({
+    size: o.size,
+    chunkSize: o.chunkSize ?? DEFAULT_CHUNK_SIZE,
+    compression: o.compression ?? 'zstd',
+    cipher: o.cipher ?? 'aes-256-gcm',
+    ...(o.compressionLevel !== undefined ? { compressionLevel: o.compressionLevel } : {}),
+    ...(o.passphrase !== undefined ? { passphrase: o.passphrase } : {}),
+    ...(o.kdf ? { kdf: o.kdf } : {}),
+  });
+  const backend = await openBackend(o, true);
+  try {
+    if (!(await backend.putIfAbsent(HEADER_KEY, encodeHeader(header)))) {
+      throw new BridgeError('EBUSY', `a volume already exists at ${backend.location}; nothing was changed`);
+    }
+    (o.log ?? logger()).child({ component: 'store' }).info('volume created', { location: backend.location, volumeId: header.volumeId, size: header.size });
+    return header;
+  } finally {
+    await backend.close();
+  }
+}
+
+export function defaultCacheDir(volumeId: string): string {
+  const base = process.env.XDG_CACHE_HOME || join(homedir(), '.cache');
+  return join(base, 'bridge', 'store', volumeId);
+}
+
+/** Opens a volume as a block device (takes the writer lock unless read-only; replays the local journal). */
+export async function openStore(o: OpenStoreOptions): Promise<ChunkStoreDevice> {
+  const log = (o.log ?? logger()).child({ component: 'store' });
+  const readOnly = o.readOnly ?? false;
+  const backend = await openBackend(o);
+  let lock: StoreLock | undefined;
+  let journal: Journal | undefined;
+  try {
+    const header = await readHeader(backend);
+    // Before anything changes: a wrong passphrase stops here.
+    const keys = await unlock(header, o.passphrase);
+    const codec = new ChunkCodec(header, keys);
+    if (!readOnly) lock = await StoreLock.acquire(backend, { log, ...(o.breakLock ? { breakLock: true } : {}) });
+    const base = o.cacheDir ?? defaultCacheDir(header.volumeId);
+    // A reader gets a private cache of its own, so it never touches a writer's journal.
+    const dir = readOnly ? join(base, 'readers', `${process.pid}-${Date.now()}`) : base;
+    await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
+    const opened = await Journal.open(dir, header.volumeId, header.chunkSize);
+    journal = opened.journal;
+    const store = new ChunkStore(backend, codec, header.chunkSize, log);
+    await store.scan();
+    const cacheSize = o.cacheSize ?? DEFAULT_CACHE_SIZE;
+    const cache = await ChunkCache.open(
+      store,
+      journal,
+      opened.pending,
+      dir,
+      {
+        cacheSize,
+        memoryCacheSize: o.memoryCacheSize ?? Math.min(32 * 1024 * 1024, Math.floor(cacheSize / 8)),
+        ...(o.uploadConcurrency !== undefined ? { uploadConcurrency: o.uploadConcurrency } : {}),
+        ...(o.downloadConcurrency !== undefined ? { downloadConcurrency: o.downloadConcurrency } : {}),
+        ...(o.readAhead !== undefined ? { readAhead: o.readAhead } : {}),
+        ...(o.writeDelayMs !== undefined ? { writeDelayMs: o.writeDelayMs } : {}),
+      },
+      log,
+    );
+    log.info('volume opened', { location: backend.location, volumeId: header.volumeId, size: header.size, cacheDir: dir, readOnly });
+    const cleanup = readOnly ? () => fsp.rm(dir, { recursive: true, force: true }) : undefined;
+    return new ChunkStoreDevice(header, backend, store, cache, lock, readOnly, log, cleanup);
+  } catch (e) {
+    await journal?.close().catch(() => undefined);
+    await lock?.release().catch(() => undefined);
+    await backend.close();
+    throw e;
+  }
+}
+
+export interface StoreInfo {
+  location: string;
+  header: VolumeHeader;
+  lock: LockInfo | undefined;
+}
+
+/** The volume header and lock holder; needs no passphrase. */
+export async function readStoreInfo(o: StoreLocationOptions): Promise<StoreInfo> {
+  const backend = await openBackend(o);
+  try {
+    return { location: backend.location, header: await readHeader(backend), lock: await readLock(backend) };
+  } finally {
+    await backend.close();
+  }
+}
+
+export interface FsckReport {
+  location: string;
+  volumeId: string;
+  checked: number;
+  storedBytes: number;
+  bad: { chunk: number; key: string; error: string }[];
+  /** Objects under the chunk prefix that are not chunks of this volume, or lie past its end. */
+  stray: string[];
+}
+
+/** Reads and authenticates every stored chunk. Read-only: it changes nothing. */
+export async function fsckStore(o: StoreLocationOptions & { passphrase?: string; concurrency?: number }): Promise<FsckReport> {
+  const log = (o.log ?? logger()).child({ component: 'store' });
+  const backend = await openBackend(o);
+  try {
+    const header = await readHeader(backend);
+    const codec = new ChunkCodec(header, await unlock(header, o.passphrase));
+    const report: FsckReport = { location: backend.location, volumeId: header.volumeId, checked: 0, storedBytes: 0, bad: [], stray: [] };
+    const keys: { key: string; index: number }[] = [];
+    const chunks = Math.ceil(header.size / header.chunkSize);
+    for await (const obj of backend.list(CHUNK_PREFIX)) {
+      const index = chunkIndexOf(obj.key);
+      if (index === undefined || index >= chunks) report.stray.push(obj.key);
+      else {
+        keys.push({ key: obj.key, index });
+        report.storedBytes += obj.size;
+      }
+    }
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < keys.length) {
+        const { key, index } = keys[next++]!;
+        try {
+          const obj = await backend.get(key);
+          if (!obj) continue;
+          await codec.decode(index, obj, key);
+        } catch (e) {
+          log.error('bad chunk', { chunk: index, key, error: errorMessage(e) });
+          report.bad.push({ chunk: index, key, error: errorMessage(e) });
+        }
+        report.checked++;
+      }
+    };
+    await Promise.all(Array.from({ length: o.concurrency ?? 8 }, worker));
+    report.bad.sort((a, b) => a.chunk - b.chunk);
+    return report;
+  } finally {
+    await backend.close();
+  }
+}
+
+export interface StoreStatsView {
+  /** Live figures from a mounted store's stats file (CACHEDIR/stats.json), when one is fresh. */
+  mounted: (ChunkStoreStats & { updated: string; pid: number }) | undefined;
+  storedObjects: number;
+  storedBytes: number;
+  compressionRatio: number;
+  volumeId: string;
+}
+
+/** Stored objects and bytes (by listing), plus the live stats a mount writes into its cache dir. */
+export async function storeStats(o: StoreLocationOptions & { cacheDir?: string }): Promise<StoreStatsView> {
+  const backend = await openBackend(o);
+  try {
+    const header = await readHeader(backend);
+    let objects = 0;
+    let bytes = 0;
+    for await (const obj of backend.list(CHUNK_PREFIX)) {
+      if (chunkIndexOf(obj.key) === undefined) continue;
+      objects++;
+      bytes += obj.size;
+    }
+    let mounted: StoreStatsView['mounted'];
+    const file = join(o.cacheDir ?? defaultCacheDir(header.volumeId), STATS_FILE);
+    try {
+      const st = await fsp.stat(file);
+      if (Date.now() - st.mtimeMs < STATS_FRESH_MS) mounted = JSON.parse(await fsp.readFile(file, 'utf8')) as StoreStatsView['mounted'];
+    } catch {
+      mounted = undefined;
+    }
+    return { volumeId: header.volumeId, storedObjects: objects, storedBytes: bytes, compressionRatio: bytes ? (objects * header.chunkSize) / bytes : 1, mounted };
+  }
+  finally {
+    await backend.close();
+  }
+}
+
+/** A mounted store writes its stats here every STATS_INTERVAL_MS (see commands/store.ts). */
+export const STATS_FILE = 'stats.json';
+export const STATS_INTERVAL_MS = 2000;
+const STATS_FRESH_MS = 3 * STATS_INTERVAL_MS;

@@ -1,0 +1,47 @@
+/** The block-device conformance suite over the chunk store, on both backends. */
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll } from 'vitest';
+import { createStore, openStore } from '../../appliance/src/store/index.js';
+import { blockDeviceConformance } from '../conformance/block-device.js';
+import { quietLogs, startS3rver, tempDir, TEST_KDF, type S3Server } from './helpers.js';
+
+quietLogs();
+const SIZE = 64 * 1024 * 1024 + 12345; // a partial last chunk
+const CHUNK = 128 * 1024;
+const pass = 'correct horse battery staple';
+
+let dir = '';
+blockDeviceConformance('chunk store (directory, zstd + aes-256-gcm)', {
+  open: async () => {
+    dir = tempDir('store-conf');
+    await createStore({ store: `dir:${join(dir, 'store')}`, size: SIZE, chunkSize: CHUNK, passphrase: pass, kdf: TEST_KDF });
+    // A small cache so that eviction and write-back run during the suite.
+    return openStore({ store: `dir:${join(dir, 'store')}`, passphrase: pass, cacheDir: join(dir, 'cache'), cacheSize: 3 * 1024 * 1024, memoryCacheSize: 512 * 1024 });
+  },
+  reopen: () => openStore({ store: `dir:${join(dir, 'store')}`, passphrase: pass, cacheDir: join(dir, 'cache'), cacheSize: 3 * 1024 * 1024 }),
+  cleanup: async () => rmSync(dir, { recursive: true, force: true }),
+  boundaries: [CHUNK],
+});
+
+let s3: S3Server;
+let n = 0;
+let prefix = '';
+let cacheDir = '';
+beforeAll(async () => {
+  s3 = await startS3rver(['conformance']);
+});
+afterAll(async () => {
+  await s3?.stop();
+});
+blockDeviceConformance('chunk store (S3 via s3rver, 64K chunks, no encryption)', {
+  open: async () => {
+    prefix = `s3://conformance/vol${n++}`;
+    cacheDir = tempDir('store-s3cache');
+    await createStore({ store: prefix, endpoint: s3.endpoint, size: SIZE, chunkSize: 64 * 1024, cipher: 'none' });
+    return openStore({ store: prefix, endpoint: s3.endpoint, cacheDir, cacheSize: 4 * 1024 * 1024 });
+  },
+  reopen: () => openStore({ store: prefix, endpoint: s3.endpoint, cacheDir, cacheSize: 4 * 1024 * 1024 }),
+  cleanup: async () => rmSync(cacheDir, { recursive: true, force: true }),
+  boundaries: [64 * 1024],
+});
