@@ -10,6 +10,10 @@ import { Command, Option } from 'commander';
 import { VERSION } from '../../shared/src/version.js';
 import { applyGlobalOptions } from './commands/common.js';
 
+// FUSE requests, file devices and store uploads all run on libuv's pool; its default of 4 threads
+// serializes them. Set before any module can start the pool.
+process.env.UV_THREADPOOL_SIZE ??= '32';
+
 type Register = (program: Command) => void;
 const modules: Record<string, () => Promise<{ register: Register }>> = {
   expose: () => import('./commands/expose.js'),

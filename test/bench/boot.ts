@@ -37,14 +37,15 @@ function initMarks(console: string): Record<string, number> {
   return marks;
 }
 
-
 export async function run(args: string[]): Promise<void> {
   const runs = Number(arg(args, '--runs', '1'));
   const via = arg(args, '--secret-via', 'socket');
   const cpus = Number(arg(args, '--cpus', '2'));
   const image = await buildImage();
   const m = image.manifest;
-  process.stdout.write(`image ${m.version}: build/cache check ${(image.buildMs / 1000).toFixed(1)} s, compressed ${(m.compressedSize / 1e6).toFixed(0)} MB (zstd -3), disk ${(m.sizes.disk! / 1e6).toFixed(0)} MB\n`);
+  process.stdout.write(
+    `image ${m.version}: build/cache check ${(image.buildMs / 1000).toFixed(1)} s, compressed ${(m.compressedSize / 1e6).toFixed(0)} MB (zstd -3), disk ${(m.sizes.disk! / 1e6).toFixed(0)} MB\n`,
+  );
   const work = mkdtempSync(join(tmpdir(), 'bridge-bench-boot-'));
   try {
     mkdirSync(join(work, 'tree'));

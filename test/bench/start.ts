@@ -15,14 +15,18 @@ interface StartJson {
   seconds: { image: number; boot: number; total: number };
 }
 
-const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? NaN;
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};
 const fmt = (x: number): string => (Number.isFinite(x) ? `${x.toFixed(1)} s` : '-');
 
 export async function run(args: string[]): Promise<void> {
   const runs = Number(args[0] ?? 3);
   const manifest = findManifest();
   if (!manifest) throw new Error('no appliance image: build it first (sudo bash image-build/build.sh) or set BRIDGE_IMAGE_MANIFEST');
-  const env: NodeJS.ProcessEnv = { ...makeEnv(manifest), BRIDGE_PASSWORD: 'bench-password-1' };
+  const env: NodeJS.ProcessEnv = { ...makeEnv(manifest), BRIDGE_PASSWORD: 'bench-password-1', PASSWD: 'bench-password-1' };
   const root = env.E2E_ROOT ?? '';
   const starts: number[] = [];
   const boots: number[] = [];
@@ -36,10 +40,12 @@ export async function run(args: string[]): Promise<void> {
       const res = JSON.parse(r.stdout) as StartJson;
       const smb = res.endpoints.find((e) => e.protocol === 'smb')!;
       // Poll smbclient until the first listing succeeds (normally the first try: start waits for the export).
+      let tries = 0;
       for (;;) {
         const ls = await exec('smbclient', [`//${smb.address}/${smb.path}`, '-p', String(smb.port), '-U', res.user, '-c', 'ls'], env, 30_000);
         if (ls.code === 0 && ls.stdout.includes('README.txt')) break;
-        if (performance.now() - t0 > 400_000) throw new Error(`smbclient never listed the share: ${ls.stderr}`);
+        if (/LOGON_FAILURE|ACCESS_DENIED/.test(ls.stdout + ls.stderr)) throw new Error(`smbclient was refused: ${ls.stdout}${ls.stderr}`);
+        if (performance.now() - t0 > 400_000 || ++tries > 300) throw new Error(`smbclient never listed README.txt: ${ls.stdout}${ls.stderr}`);
         await new Promise((ok) => setTimeout(ok, 100));
       }
       starts.push((performance.now() - t0) / 1000);

@@ -21,8 +21,11 @@ export interface CliResult {
 /** Runs `bridge-agent ARGS` (stdin optional) and returns its exit code and output. */
 export function agentCli(args: string[], input?: string, env: NodeJS.ProcessEnv = {}): Promise<CliResult> {
   return new Promise((res) => {
-    const child = execFile(process.execPath, ['--import', 'tsx', CLI, ...args], { cwd: ROOT, env: { ...process.env, ...env }, timeout: 180_000 }, (err, stdout, stderr) =>
-      res({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
+    const child = execFile(
+      process.execPath,
+      ['--import', 'tsx', CLI, ...args],
+      { cwd: ROOT, env: { ...process.env, ...env }, timeout: 180_000 },
+      (err, stdout, stderr) => res({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
     );
     child.stdin?.on('error', () => undefined);
     child.stdin?.end(input ?? '');

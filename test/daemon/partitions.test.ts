@@ -28,7 +28,9 @@ describe('partition discovery', () => {
     for (const name of ['gpt.img', 'mbr.img']) {
       const { dev, read } = await open(name);
       const table = await readPartitionTable(read, dev.size);
-      const theirs = JSON.parse((await sh('sfdisk', ['--json', join(dir, name)])).stdout) as { partitiontable: { partitions: { node: string; start: number; size: number }[] } };
+      const theirs = JSON.parse((await sh('sfdisk', ['--json', join(dir, name)])).stdout) as {
+        partitiontable: { partitions: { node: string; start: number; size: number }[] };
+      };
       // sfdisk also lists the extended container (type 5); we list what holds filesystems.
       const expected = theirs.partitiontable.partitions
         .map((p) => ({ index: Number(/(\d+)$/.exec(p.node)![1]), offset: p.start * 512, size: p.size * 512 }))
@@ -55,5 +57,25 @@ describe('partition discovery', () => {
     const fat = await open('fat.img');
     expect(await locateFilesystem(fat.read, fat.dev.size, 'auto', 'disk')).toMatchObject({ partition: 'whole', fstype: 'vfat' });
     await fat.dev.close();
+  });
+});
+
+describe('disk paths', () => {
+  it('resolves serial:NAME through /sys/block/*/serial and names a missing serial', async () => {
+    const { mkdirSync, writeFileSync, mkdtempSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const { resolveDiskPath } = await import('../../appliance/src/daemon/values.js');
+    const sys = mkdtempSync(join(tmpdir(), 'bridge-sysblock-'));
+    mkdirSync(join(sys, 'vda'));
+    writeFileSync(join(sys, 'vda', 'serial'), 'bridge-root\n');
+    mkdirSync(join(sys, 'vdb'));
+    writeFileSync(join(sys, 'vdb', 'serial'), 'data-disk-1\n');
+    mkdirSync(join(sys, 'sda', 'device'), { recursive: true });
+    writeFileSync(join(sys, 'sda', 'device', 'serial'), 'scsi-7\n');
+    expect(await resolveDiskPath('serial:data-disk-1', sys)).toBe('/dev/vdb');
+    expect(await resolveDiskPath('serial:scsi-7', sys)).toBe('/dev/sda');
+    expect(await resolveDiskPath('/var/tmp/disk.img', sys)).toBe('/var/tmp/disk.img');
+    await expect(resolveDiskPath('serial:nope', sys)).rejects.toThrow(/no disk with serial "nope"/);
+    rmSync(sys, { recursive: true, force: true });
   });
 });

@@ -21,6 +21,8 @@ describe('agent pipeline', () => {
   let agent: AgentProcess;
   let smbPort = 0;
   let iscsiPort = 0;
+  /** Loop devices of the agent that was killed: none may stay attached to its files. */
+  let oldLoops: string[] = [];
   const images = (): string[] => ['gpt.img', 'mbr.img', 'whole.img'].map((f) => join(dir, f));
   const src = (s: AgentStatus, name: string): AgentStatus['sources'][number] => [...s.sources, ...s.stages].find((x) => x.name === name)!;
   const smb = (share: string, cmd: string): ReturnType<typeof sh> =>
@@ -114,6 +116,7 @@ describe('agent pipeline', () => {
   it('after kill -9 of the agent, the next start clears every leftover', async () => {
     const before = await agent.status();
     const tgtdPid = (before.exports.find((e) => e.name === 'fat')!.details!['server'] as { pid: number }).pid;
+    oldLoops = ['gpt', 'mbr', 'wholefs'].map((n) => src(before, n).details!['loop'] as string);
     await agent.stop('SIGKILL');
     const stale = await leftovers(agent.runtimeDir, images());
     expect(stale.some((l) => l.startsWith('mount:'))).toBe(true);
@@ -132,6 +135,9 @@ describe('agent pipeline', () => {
   it('stops on SIGTERM with no mount, loop device or server left', async () => {
     expect(await agent.stop()).toBe(0);
     expect(await leftovers(agent.runtimeDir, images())).toEqual([]);
+    // After a FUSE unmount a loop device's backing file reads "/disk.img": ours must be gone too.
+    const loops = (await sh('losetup', ['-a'])).stdout.split('\n');
+    expect(loops.filter((l) => oldLoops.some((d) => l.startsWith(`${d}:`)) && /\(\/disk\.img\)/.test(l))).toEqual([]);
     // A clean stop wrote everything back through the FUSE file: the image is consistent and has the file.
     const fsck = await sh('e2fsck', ['-fn', join(dir, 'whole.img')]);
     expect(fsck.code, fsck.stdout).toBe(0);

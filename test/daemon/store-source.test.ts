@@ -29,7 +29,9 @@ describe('store source', () => {
         version: 1,
         runtimeDir: join(dir, 'run'),
         listen: { address: '127.0.0.1', iscsiPort: port },
-        sources: [{ kind: 'store', name: 'vol', store: `dir:${join(dir, 'vol')}`, passphrase: { pushed: 'volpass' }, cache: { dir: join(dir, 'cache'), size: '16M' } }],
+        sources: [
+          { kind: 'store', name: 'vol', store: `dir:${join(dir, 'vol')}`, passphrase: { pushed: 'volpass' }, cache: { dir: join(dir, 'cache'), size: '16M' } },
+        ],
         exports: [{ kind: 'iscsi', name: 'vol', from: 'vol', chap: { user: 'suser', secret: { env: 'STORE_CHAP' } } }],
       },
       { STORE_CHAP: CHAP },

@@ -103,7 +103,16 @@ describe('iscsi export', () => {
     const badTarget = await sh('iscsi-inq', ['-i', INIT_A, url(IQN_DISK, `iuser%${CHAP}`, `?target_user=tgtuser&target_password=wrong-target-pw`)]);
     expect(badTarget.code).not.toBe(0);
     const out = join(dir, 'out.raw');
-    const conv = await sh('qemu-img', ['convert', '-O', 'raw', '--image-opts', `driver=iscsi,transport=tcp,portal=127.0.0.1:${port},target=${IQN_DISK},lun=1,user=iuser,password-secret=sec0,initiator-name=${INIT_A}`, out, '--object', `secret,id=sec0,data=${CHAP}`]);
+    const conv = await sh('qemu-img', [
+      'convert',
+      '-O',
+      'raw',
+      '--image-opts',
+      `driver=iscsi,transport=tcp,portal=127.0.0.1:${port},target=${IQN_DISK},lun=1,user=iuser,password-secret=sec0,initiator-name=${INIT_A}`,
+      out,
+      '--object',
+      `secret,id=sec0,data=${CHAP}`,
+    ]);
     if (conv.code !== 0) {
       // Older qemu-img spellings: the URL form with the initiator in the query.
       const alt = await sh('qemu-img', ['convert', '-O', 'raw', `${url(IQN_DISK)}?initiator-name=${INIT_A}`, out]);
@@ -153,7 +162,9 @@ describe('iscsi export', () => {
       expect((await adm('--mode', 'target', '--op', 'bind', '--tid', '1', '-I', 'ALL')).code).toBe(0);
       const plain = await runConformance(`iscsi://127.0.0.1:${plainPort}/iqn.2026-11.org.test:plain/1`, INIT_A, INIT_B);
       const ours = await runConformance(url(IQN_MEM), INIT_A, INIT_B);
-      const regressions = [...plain].filter(([name, o]) => o === 'passed' && ours.get(name) !== 'passed').map(([name]) => `${name}: ${ours.get(name) ?? 'missing'}`);
+      const regressions = [...plain]
+        .filter(([name, o]) => o === 'passed' && ours.get(name) !== 'passed')
+        .map(([name]) => `${name}: ${ours.get(name) ?? 'missing'}`);
       expect(regressions).toEqual([]);
       const passed = (m: Map<string, string>): number => [...m.values()].filter((o) => o === 'passed').length;
       expect(passed(ours)).toBeGreaterThanOrEqual(passed(plain));

@@ -46,7 +46,13 @@ describe('nfs export', () => {
   it('reports NFS endpoints', async () => {
     const s = await agent.status();
     expect(s.ready).toBe(true);
-    expect(s.exports.find((e) => e.name === 'data')!.endpoint).toEqual({ protocol: 'nfs', address: '127.0.0.1', port, path: '/data', url: `nfs://127.0.0.1:${port}/data` });
+    expect(s.exports.find((e) => e.name === 'data')!.endpoint).toEqual({
+      protocol: 'nfs',
+      address: '127.0.0.1',
+      port,
+      path: '/data',
+      url: `nfs://127.0.0.1:${port}/data`,
+    });
   });
 
   it('lists, reads and writes with nfs-ls, nfs-cat and nfs-cp', async () => {

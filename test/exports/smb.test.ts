@@ -4,7 +4,7 @@
  * applies on reload; a killed smbd is restarted; SIGTERM leaves nothing behind.
  */
 import { createHash } from 'node:crypto';
-import { mkdirSync, rmSync, writeFileSync, createReadStream } from 'node:fs';
+import { mkdirSync, rmSync, writeFileSync, createReadStream, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort } from '../helpers/ports.js';
@@ -53,6 +53,7 @@ describe('smb export', () => {
         { kind: 'smb', name: 'ro', from: 'ro', users: [U1], readOnly: true },
         { kind: 'smb', name: 'pend', from: 'pend', users: [U2] },
         { kind: 'smb', name: 'broken', from: 'broken', users: [U1] },
+        { kind: 'smb', name: 'fenced', from: 'data', users: [U1], hostsAllow: ['192.0.2.1'] },
       ],
     });
     await agent.start();
@@ -75,6 +76,10 @@ describe('smb export', () => {
     expect(byName['pend']!.error).toMatch(/pushed secret "u2pw"/);
     expect(byName['broken']!.health).toBe('failed');
     expect(s.sources.find((x) => x.name === 'broken')!.error).toMatch(/source "broken".*does not exist/);
+    // Private runtime directory, socket and rendered configs.
+    expect(statSync(agent.runtimeDir).mode & 0o777).toBe(0o700);
+    expect(statSync(join(agent.runtimeDir, 'control.sock')).mode & 0o777).toBe(0o600);
+    expect(statSync(join(agent.runtimeDir, 'smb', 'smb.conf')).mode & 0o777).toBe(0o600);
     // The text form names the same things.
     const text = await agentCli(['status', '--runtime-dir', agent.runtimeDir]);
     expect(text.stdout).toMatch(/READY/);
@@ -105,13 +110,15 @@ describe('smb export', () => {
     rmSync(join(dir, 'data', 'big.bin'));
   });
 
-  it('refuses a wrong password, an unknown user, and writes to a read-only share', async () => {
+  it('refuses a wrong password, an unknown user, a host not allowed, and writes to a read-only share', async () => {
     const wrong = await smb('data', `${U1}%not-it`, 'ls');
     expect(wrong.code).not.toBe(0);
     expect(wrong.stdout + wrong.stderr).toMatch(/LOGON_FAILURE/);
     const unknown = await smb('data', 'nobody-here%x', 'ls');
     expect(unknown.code).not.toBe(0);
     expect(unknown.stdout + unknown.stderr).toMatch(/LOGON_FAILURE|ACCESS_DENIED/);
+    const fenced = await smb('fenced', `${U1}%first-pass`, 'ls');
+    expect(fenced.code).not.toBe(0);
     const noUser = await smb('data', '%', 'ls');
     expect(noUser.code).not.toBe(0);
     const read = await smb('ro', `${U1}%first-pass`, 'get readme.txt ro.txt', join(dir, 'local'));

@@ -38,15 +38,16 @@ export interface BuiltImage {
 }
 
 /** Runs image-build/build.sh; the last stdout line is the manifest's path. */
-export async function buildImage(): Promise<BuiltImage> {
+export async function buildImage(args: string[] = []): Promise<BuiltImage & { log: string }> {
   const t0 = performance.now();
-  const { stdout } = await run('bash', [join(REPO, 'image-build/build.sh')], { cwd: REPO, maxBuffer: 16 << 20, timeout: 20 * 60_000 });
+  const { stdout, stderr } = await run('bash', [join(REPO, 'image-build/build.sh'), ...args], { cwd: REPO, maxBuffer: 16 << 20, timeout: 20 * 60_000 });
   const manifestPath = stdout.trim().split('\n').pop()!;
   return {
     manifestPath,
     dir: dirname(manifestPath),
     manifest: JSON.parse(readFileSync(manifestPath, 'utf8')) as Manifest,
     buildMs: performance.now() - t0,
+    log: stderr,
   };
 }
 
@@ -91,11 +92,21 @@ export async function bootAppliance(image: BuiltImage, opts: BootOptions = {}): 
     ...['-accel', 'tcg', '-cpu', 'max', '-m', String(opts.memoryMiB ?? 1024), '-smp', String(opts.cpus ?? 2)],
     ...['-nodefaults', '-no-user-config', '-display', 'none', '-serial', `file:${consoleLog}`, '-no-reboot'],
     ...(opts.boot === 'disk' ? [] : ['-kernel', join(image.dir, m.kernel), '-initrd', join(image.dir, m.initrd), '-append', m.cmdline]),
-    ...['-drive', `file=${join(image.dir, m.disk)},if=none,id=root,format=raw,readonly=on`, '-device', 'virtio-blk-pci,drive=root,serial=bridge-root,bootindex=0'],
+    ...[
+      '-drive',
+      `file=${join(image.dir, m.disk)},if=none,id=root,format=raw,readonly=on`,
+      '-device',
+      `virtio-blk-pci,drive=root,serial=bridge-root${opts.boot === 'disk' ? ',bootindex=0' : ''}`,
+    ],
     ...(opts.configDriveBus === 'ide'
       ? ['-drive', `file=${configDrive},if=ide,index=1,format=raw,media=disk`]
       : ['-drive', `file=${configDrive},if=none,id=cfg,format=raw,readonly=on`, '-device', 'virtio-blk-pci,drive=cfg,serial=bridge-config']),
-    ...(opts.disks ?? []).flatMap((d, i) => ['-drive', `file=${d},if=none,id=src${i},format=raw,cache=none,aio=threads`, '-device', `virtio-blk-pci,drive=src${i},serial=bridge-src${i}`]),
+    ...(opts.disks ?? []).flatMap((d, i) => [
+      '-drive',
+      `file=${d},if=none,id=src${i},format=raw,cache=none,aio=threads`,
+      '-device',
+      `virtio-blk-pci,drive=src${i},serial=bridge-src${i}`,
+    ]),
     '-nic',
     `user,model=virtio-net-pci,${[...ports].map(([g, h]) => `hostfwd=tcp:127.0.0.1:${h}-:${g}`).join(',')}`,
   ];
@@ -148,7 +159,13 @@ export interface SshAuth {
 }
 
 /** One SSH connection per command: simple, and each call proves login still works. */
-export function sshExec(vm: ApplianceVm, command: string, timeoutMs = 60_000, auth: SshAuth = { privateKey: vm.privateKey }, stdin?: string): Promise<ExecResult> {
+export function sshExec(
+  vm: ApplianceVm,
+  command: string,
+  timeoutMs = 60_000,
+  auth: SshAuth = { privateKey: vm.privateKey },
+  stdin?: string,
+): Promise<ExecResult> {
   return new Promise((resolvePromise, reject) => {
     const conn = new Client();
     const timer = setTimeout(() => {
@@ -188,7 +205,9 @@ export function sshExec(vm: ApplianceVm, command: string, timeoutMs = 60_000, au
 export async function waitForSsh(vm: ApplianceVm, command = 'true', timeoutMs = 90_000): Promise<ExecResult> {
   const deadline = performance.now() + timeoutMs;
   let last: unknown;
-  while (performance.now() < deadline) {
+  let exited = false;
+  void vm.exited.then(() => (exited = true));
+  while (performance.now() < deadline && !exited) {
     try {
       const r = await sshExec(vm, command, Math.max(1000, Math.min(15_000, deadline - performance.now())));
       if (r.code === 0) return r;
@@ -198,7 +217,9 @@ export async function waitForSsh(vm: ApplianceVm, command = 'true', timeoutMs = 
     }
     await new Promise((r) => setTimeout(r, 250));
   }
-  throw new Error(`appliance not reachable over SSH after ${timeoutMs} ms (${String(last)}); console tail:\n${vm.console().split('\n').slice(-30).join('\n')}`);
+  throw new Error(
+    `appliance not reachable over SSH ${exited ? '(QEMU exited)' : `after ${timeoutMs} ms`} (${String(last)}); console tail:\n${vm.console().split('\n').slice(-30).join('\n')}`,
+  );
 }
 
 /**

@@ -41,7 +41,24 @@ function cli(args: string[], env: NodeJS.ProcessEnv = {}): { code: number; stdou
 async function mount(mnt: string, cacheDir: string, extra: string[] = []): Promise<Mounted> {
   const child = spawn(
     process.execPath,
-    ['--import', 'tsx', 'appliance/src/cli.ts', 'store', 'mount', '--store', store, '--passphrase-file', passFile, '--cache-dir', cacheDir, '--cache-size', '64M', '--json', ...extra, mnt],
+    [
+      '--import',
+      'tsx',
+      'appliance/src/cli.ts',
+      'store',
+      'mount',
+      '--store',
+      store,
+      '--passphrase-file',
+      passFile,
+      '--cache-dir',
+      cacheDir,
+      '--cache-size',
+      '64M',
+      '--json',
+      ...extra,
+      mnt,
+    ],
     { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] },
   );
   const m: Mounted = { child, mnt, file: join(mnt, 'disk.img'), stderr: [] };

@@ -17,7 +17,13 @@ blockDeviceConformance('chunk store (directory, zstd + aes-256-gcm)', {
     dir = tempDir('store-conf');
     await createStore({ store: `dir:${join(dir, 'store')}`, size: SIZE, chunkSize: CHUNK, passphrase: pass, kdf: TEST_KDF });
     // A small cache so that eviction and write-back run during the suite.
-    return openStore({ store: `dir:${join(dir, 'store')}`, passphrase: pass, cacheDir: join(dir, 'cache'), cacheSize: 3 * 1024 * 1024, memoryCacheSize: 512 * 1024 });
+    return openStore({
+      store: `dir:${join(dir, 'store')}`,
+      passphrase: pass,
+      cacheDir: join(dir, 'cache'),
+      cacheSize: 3 * 1024 * 1024,
+      memoryCacheSize: 512 * 1024,
+    });
   },
   reopen: () => openStore({ store: `dir:${join(dir, 'store')}`, passphrase: pass, cacheDir: join(dir, 'cache'), cacheSize: 3 * 1024 * 1024 }),
   cleanup: async () => rmSync(dir, { recursive: true, force: true }),

@@ -168,7 +168,7 @@ describe('chunk store', () => {
     // Flip one byte of chunk 2; replace chunk 4 by chunk 3's object (moved/swapped).
     const p2 = join(root, chunkKey(2));
     const obj = await fsp.readFile(p2);
-    obj[obj.length >> 1] ^= 0x01;
+    obj[obj.length >> 1] = obj[obj.length >> 1]! ^ 0x01;
     await fsp.writeFile(p2, obj);
     await fsp.copyFile(join(root, chunkKey(3)), join(root, chunkKey(4)));
     d = await openDev(store);
@@ -232,7 +232,12 @@ describe('chunk store', () => {
   it('on persistent store failure gives EIO, keeps dirty data, and uploads it once the store is back', async () => {
     const store = await fresh();
     let faulty: FaultyBackend | undefined;
-    const d = await openDev(store, { wrapBackend: (b) => (faulty = new FaultyBackend(b)), retry: { attempts: 2, baseDelayMs: 1 }, cacheSize: 2 * MiB, writeDelayMs: 0 });
+    const d = await openDev(store, {
+      wrapBackend: (b) => (faulty = new FaultyBackend(b)),
+      retry: { attempts: 2, baseDelayMs: 1 },
+      cacheSize: 2 * MiB,
+      writeDelayMs: 0,
+    });
     faulty!.failAll = true;
     const data = new Rng(5).bytes(4 * MiB);
     // The cache holds < 2 MiB: writing 4 MiB must end in EIO once the store keeps failing, never hang.

@@ -113,21 +113,23 @@ export class AgentSession {
     });
   }
 
-  /** Control socket first; if it cannot be opened at all, the `bridge-agent` command over exec. */
+  /**
+   * Control socket first. Only when it cannot be opened (not an agent error) and `execFallback` is on,
+   * the `bridge-agent` command over exec — which starts Node in the guest, seconds under TCG, so it is
+   * never used while the agent is still starting (its socket appears a moment later).
+   */
+  execFallback = true;
+
   private async call<T>(method: ControlMethod, params: unknown, fallback: () => Promise<T>): Promise<T> {
-    if (this.controlWorks !== false) {
-      try {
-        const r = (await this.controlRequest(method, params)) as T;
-        this.controlWorks = true;
-        return r;
-      } catch (e) {
-        // Only a socket that cannot be reached switches to exec; an agent error is the answer.
-        if (!(e instanceof BridgeError && e.code === 'ENOENT')) throw e;
-        if (this.controlWorks === undefined) log.debug('control socket unavailable, using bridge-agent over exec', { error: errorMessage(e) });
-        this.controlWorks = false;
-      }
+    try {
+      const r = (await this.controlRequest(method, params)) as T;
+      this.controlWorks = true;
+      return r;
+    } catch (e) {
+      if (!(e instanceof BridgeError && e.code === 'ENOENT') || this.controlWorks || !this.execFallback) throw e;
+      log.debug('control socket unavailable, using bridge-agent over exec', { error: errorMessage(e) });
+      return fallback();
     }
-    return fallback();
   }
 
   private async agentCommand(args: string, input?: string): Promise<string> {
@@ -196,6 +198,8 @@ export async function waitForAgent(o: WaitOptions): Promise<AgentSession> {
       session = await AgentSession.connect(o.target, Math.max(1000, Math.min(5000, deadline - Date.now())));
       o.onPhase?.('waiting for the agent');
       while (Date.now() < deadline) {
+        // The socket only, until half the time is gone (an agent with another runtime dir: then exec).
+        session.execFallback = Date.now() > deadline - o.timeoutMs / 2;
         try {
           await session.status();
           return session;
@@ -229,4 +233,19 @@ export async function waitForExports(session: AgentSession, timeoutMs: number): 
     status = await session.status();
   }
   return status;
+}
+
+/**
+ * Waits until the named sources are no longer `starting` (deadline: returns anyway). The host pushes
+ * secrets only then: a secret arriving while the agent is still clearing a previous run's leftovers
+ * made it unmount its fresh mounts (agent race, reported), and sources that need no secret come up
+ * by themselves.
+ */
+export async function waitForSources(session: AgentSession, names: string[], timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const s = await session.status();
+    if (!s.sources.some((c) => names.includes(c.name) && c.health === 'starting')) return;
+    await new Promise((r) => setTimeout(r, 200));
+  }
 }

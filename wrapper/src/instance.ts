@@ -8,7 +8,7 @@ import { encodeConfigDrive } from '../../shared/src/config-drive.js';
 import { BridgeError, errorMessage } from '../../shared/src/errors.js';
 import { logger } from '../../shared/src/logger.js';
 import type { AgentStatus } from '../../shared/src/protocol.js';
-import { AgentSession, waitForAgent, waitForExports } from './agent-client.js';
+import { AgentSession, waitForAgent, waitForExports, waitForSources } from './agent-client.js';
 import { resolveCredentials, type CredentialOptions, type ResolvedCredentials } from './credentials.js';
 import { makeDemoDisk } from './demo.js';
 import { reachCommands, translateEndpoints, type HostEndpoint } from './endpoints.js';
@@ -247,6 +247,11 @@ export async function startInstance(o: StartOptions, ctx: Context): Promise<Star
     const tAgent = Date.now();
     let status: AgentStatus;
     try {
+      await waitForSources(
+        session,
+        sources.filter((s) => s.kind === 'disk' || s.kind === 'dir').map((s) => s.name),
+        60_000,
+      );
       progress.phase(`pushing ${secrets.size} secret(s) and starting the exports`);
       for (const [n, v] of secrets) await session.putSecret(n, v);
       status = await waitForExports(session, 60_000);
@@ -299,7 +304,8 @@ async function mountAll(state: InstanceState, result: StartResult, creds: Resolv
       continue;
     }
     try {
-      const mountpoint = ctx.runner.platform === 'win32' ? 'Z:' : join(instanceDir(state.name), 'mnt', ep.name);
+      // Windows maps SMB shares to drive letters from Z: down; iSCSI disks get theirs from Windows.
+      const mountpoint = ctx.runner.platform === 'win32' ? `${String.fromCharCode(90 - state.mounts.length)}:` : join(instanceDir(state.name), 'mnt', ep.name);
       const m = await executeMount(ctx.runner, mountPlan(ctx.runner.platform, ep, creds, mountpoint));
       state.mounts.push(m);
       result.mounts.push(m);

@@ -57,7 +57,9 @@ async function readStdin(): Promise<string> {
   if (process.stdin.isTTY) throw new BridgeError('EINVAL', 'pipe the secret on standard input, e.g. printf %s "$PW" | bridge-agent secret put NAME');
   const chunks: Buffer[] = [];
   for await (const c of process.stdin) chunks.push(c as Buffer);
-  return Buffer.concat(chunks).toString('utf8').replace(/\r?\n$/, '');
+  return Buffer.concat(chunks)
+    .toString('utf8')
+    .replace(/\r?\n$/, '');
 }
 
 function statusText(s: AgentStatus): string {
@@ -92,7 +94,8 @@ export function register(program: Command): void {
         process.stdout.on('error', () => undefined);
         process.stderr.on('error', () => undefined);
         // The config's log settings apply unless given on the command line.
-        if (program.getOptionValueSource('logLevel') === 'default') configureLogger({ level: config.log.level as LogLevel, json: config.log.json || program.opts().logJson });
+        if (program.getOptionValueSource('logLevel') === 'default')
+          configureLogger({ level: config.log.level as LogLevel, json: config.log.json || program.opts().logJson });
         const log = logger().child({ component: 'serve' });
         const imageVersion = await fsp
           .readFile('/etc/bridge-image-version', 'utf8')
@@ -117,15 +120,26 @@ export function register(program: Command): void {
               throw new BridgeError('EINVAL', `unknown method "${(req as { method: string }).method}"`);
           }
         };
-        await agent.start(async () => {
-          const server = await listenControl(agent.layout.socket, handle, log);
-          onShutdown('control socket', async () => {
-            await new Promise<void>((r) => server.close(() => r()));
-            await fsp.rm(agent.layout.socket, { force: true });
+        try {
+          await agent.start(async () => {
+            const server = await listenControl(agent.layout.socket, handle, log);
+            onShutdown('control socket', async () => {
+              await new Promise<void>((r) => server.close(() => r()));
+              await fsp.rm(agent.layout.socket, { force: true });
+            });
           });
-        });
+        } catch (e) {
+          // Undo what was started (control socket, mounts) so that the process can exit.
+          await shutdown(`start failed: ${errorMessage(e)}`, 1);
+          throw e;
+        }
         const s = agent.status();
-        output(opts.json ?? false, s, () => `bridge-agent ${s.ready ? 'ready' : 'started'}: ${s.exports.filter((e) => e.health === 'ok').length}/${s.exports.length} exports ok; control socket ${agent.layout.socket}`);
+        output(
+          opts.json ?? false,
+          s,
+          () =>
+            `bridge-agent ${s.ready ? 'ready' : 'started'}: ${s.exports.filter((e) => e.health === 'ok').length}/${s.exports.length} exports ok; control socket ${agent.layout.socket}`,
+        );
         await untilShutdown();
       }),
     );
@@ -139,7 +153,7 @@ export function register(program: Command): void {
       }),
     );
 
-  const secret = program.command('secret').description("hand secrets to the running agent (they stay in its memory)");
+  const secret = program.command('secret').description('hand secrets to the running agent (they stay in its memory)');
   clientCommand(secret.command('put').description('set the pushed secret NAME to the value read from standard input (one trailing newline dropped)'))
     .argument('<name>', 'the name used as {"pushed": NAME} in the config')
     .option('--json', 'print the result as JSON')
@@ -161,7 +175,10 @@ export function register(program: Command): void {
       action(async (key: string, value: string, opts: ClientOptions & { source?: string }) => {
         if (key !== 'cache-size') throw new BridgeError('EINVAL', `unknown setting "${key}" (known: cache-size)`);
         const bytes = parseSize(value, 'cache-size');
-        const res = (await controlRequest(await socketOf(opts), { method: 'setCacheSize', params: { bytes, ...(opts.source ? { source: opts.source } : {}) } })) as {
+        const res = (await controlRequest(await socketOf(opts), {
+          method: 'setCacheSize',
+          params: { bytes, ...(opts.source ? { source: opts.source } : {}) },
+        })) as {
           sources: string[];
         };
         output(opts.json ?? false, res, () => `cache size ${formatSize(bytes)} set on ${res.sources.length ? res.sources.join(', ') : 'no store source'}`);
@@ -173,7 +190,9 @@ export function register(program: Command): void {
     .action(
       action(async (opts: ClientOptions) => {
         const res = (await controlRequest(await socketOf(opts), { method: 'reload' })) as { applied: string[]; restartRequired: string[] };
-        output(opts.json ?? false, res, () => [`applied: ${res.applied.join(', ') || 'nothing'}`, ...res.restartRequired.map((r) => `not applied: ${r}`)].join('\n'));
+        output(opts.json ?? false, res, () =>
+          [`applied: ${res.applied.join(', ') || 'nothing'}`, ...res.restartRequired.map((r) => `not applied: ${r}`)].join('\n'),
+        );
       }),
     );
 

@@ -89,7 +89,12 @@ export function register(program: Command): void {
           cipher: o.encryption,
           ...(pass !== undefined ? { passphrase: pass } : {}),
         });
-        output(o.json ?? false, header, () => `created volume ${header.volumeId} at ${o.store}: ${formatSize(header.size)}, ${formatSize(header.chunkSize)} chunks, ${header.compression}, ${header.cipher}`);
+        output(
+          o.json ?? false,
+          header,
+          () =>
+            `created volume ${header.volumeId} at ${o.store}: ${formatSize(header.size)}, ${formatSize(header.chunkSize)} chunks, ${header.compression}, ${header.cipher}`,
+        );
       }),
     );
 
@@ -154,7 +159,10 @@ Live stats: bridge-agent store stats --store ... (read from CACHEDIR/${STATS_FIL
             await fsp.rename(tmp, statsPath);
           };
           const log = logger().child({ component: 'store' });
-          const timer = setInterval(() => void writeStats().catch((e: unknown) => log.debug('stats file not written', { error: errorMessage(e) })), STATS_INTERVAL_MS);
+          const timer = setInterval(
+            () => void writeStats().catch((e: unknown) => log.debug('stats file not written', { error: errorMessage(e) })),
+            STATS_INTERVAL_MS,
+          );
           await writeStats().catch(() => undefined);
           onShutdown(
             'unmount store',
@@ -217,7 +225,7 @@ Live stats: bridge-agent store stats --store ... (read from CACHEDIR/${STATS_FIL
     );
 
   locationOptions(store.command('stats').description('stored objects and bytes, compression ratio, and live cache figures of a mounted store'))
-    .option('--cache-dir <dir>', 'the mount\'s cache directory (default ~/.cache/bridge/store/VOLUMEID)')
+    .option('--cache-dir <dir>', "the mount's cache directory (default ~/.cache/bridge/store/VOLUMEID)")
     .option('--json', 'print as JSON')
     .action(
       action(async (o: LocationFlags & { cacheDir?: string }) => {

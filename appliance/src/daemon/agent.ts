@@ -263,7 +263,12 @@ export class Agent {
   private prepareNfs(e: ExportState, value: Extract<Value, { kind: 'tree' }>): void {
     const x = e.config as Extract<ExportConfig, { kind: 'nfs' }>;
     const readOnly = x.readOnly || value.tree.readOnly;
-    this.ganesha ??= new GaneshaServer({ dir: this.layout.server('nfs'), address: this.config.listen.address, port: this.config.listen.nfsPort, log: this.log });
+    this.ganesha ??= new GaneshaServer({
+      dir: this.layout.server('nfs'),
+      address: this.config.listen.address,
+      port: this.config.listen.nfsPort,
+      log: this.log,
+    });
     const exp: NfsExport = { name: x.name, path: value.tree.path, readOnly, clients: x.clients, squash: x.squash };
     this.ganesha.putExport(exp);
     e.health = 'ok';
@@ -324,7 +329,8 @@ export class Agent {
     if (this.ganesha) {
       const applied = JSON.stringify(this.exports.filter((e) => e.config.kind === 'nfs' && e.health === 'ok').map((e) => e.config.name));
       if (this.ganesha.health === 'stopped') await start('ganesha', this.ganesha);
-      else if (applied !== this.nfsApplied) await this.ganesha.restart().catch((e: unknown) => this.log.error('ganesha did not restart', { error: errorMessage(e) }));
+      else if (applied !== this.nfsApplied)
+        await this.ganesha.restart().catch((e: unknown) => this.log.error('ganesha did not restart', { error: errorMessage(e) }));
       this.nfsApplied = applied;
     }
   }
@@ -371,7 +377,10 @@ export class Agent {
     const targets = this.components.filter((c) => c.role === 'source' && c.config.kind === 'store' && (!source || c.config.name === source));
     if (source && !targets.length) {
       const c = this.find(source);
-      throw new BridgeError(c ? 'EINVAL' : 'ENOENT', c ? `source "${source}" is a ${c.config.kind}, not a store: it has no cache` : `no source is named "${source}"`);
+      throw new BridgeError(
+        c ? 'EINVAL' : 'ENOENT',
+        c ? `source "${source}" is a ${c.config.kind}, not a store: it has no cache` : `no source is named "${source}"`,
+      );
     }
     const done: string[] = [];
     for (const c of targets) {
@@ -435,7 +444,8 @@ export class Agent {
   private endpoint(x: ExportConfig): Endpoint {
     const { address, smbPort, nfsPort, iscsiPort } = this.config.listen;
     if (x.kind === 'smb') return { protocol: 'smb', address, port: smbPort, path: x.name, url: `smb://${address}:${smbPort}/${x.name}` };
-    if (x.kind === 'nfs') return { protocol: 'nfs', address, port: nfsPort, path: nfsPseudoPath(x.name), url: `nfs://${address}:${nfsPort}${nfsPseudoPath(x.name)}` };
+    if (x.kind === 'nfs')
+      return { protocol: 'nfs', address, port: nfsPort, path: nfsPseudoPath(x.name), url: `nfs://${address}:${nfsPort}${nfsPseudoPath(x.name)}` };
     const iqn = this.iqnOf(x);
     return { protocol: 'iscsi', address, port: iscsiPort, path: iqn, url: `iscsi://${address}:${iscsiPort}/${iqn}/1` };
   }

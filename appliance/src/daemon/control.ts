@@ -77,7 +77,12 @@ export function controlRequest(socketPath: string, req: ControlCall, timeoutMs =
     sock.on('error', (e: NodeJS.ErrnoException) => {
       clearTimeout(timer);
       const missing = e.code === 'ENOENT' || e.code === 'ECONNREFUSED';
-      reject(new BridgeError(missing ? 'ENOENT' : 'EIO', missing ? `no agent is running (no socket at ${socketPath})` : `cannot reach the agent at ${socketPath}: ${e.message}`));
+      reject(
+        new BridgeError(
+          missing ? 'ENOENT' : 'EIO',
+          missing ? `no agent is running (no socket at ${socketPath})` : `cannot reach the agent at ${socketPath}: ${e.message}`,
+        ),
+      );
     });
     sock.on('data', (chunk: string) => {
       buf += chunk;

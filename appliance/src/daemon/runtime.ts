@@ -87,6 +87,19 @@ export async function claimRuntime(layout: RuntimeLayout): Promise<void> {
 /** Clears what a killed agent left behind; returns what it did, for the log. */
 export async function clearLeftovers(layout: RuntimeLayout, diskPaths: string[], log: Logger): Promise<string[]> {
   const done: string[] = [];
+  const mounts = (await mountsWithDevice())
+    .filter((m) => m.mountpoint.startsWith(layout.root + '/'))
+    .sort((a, b) => Number(a.fstype.startsWith('fuse')) - Number(b.fstype.startsWith('fuse')) || b.mountpoint.length - a.mountpoint.length);
+  // First abort the dead FUSE connections: processes blocked on them (smbd reading a file, the kernel
+  // writing back an ext4 over a FUSE file) then fail at once instead of hanging us — even reading
+  // their /proc/PID/cmdline can block while they wait on a dead FUSE page.
+  for (const m of mounts.filter((x) => x.fstype.startsWith('fuse'))) {
+    if (await abortFuseConnection(m.device)) done.push(`aborted dead FUSE connection ${m.device} at ${m.mountpoint}`);
+  }
+  // Loop devices are found now, while their backing paths still name our runtime directory (after the
+  // FUSE unmount they read "/disk.img").
+  const ours = new Set(diskPaths.map((p) => resolve(p)));
+  const loops = (await listLoops()).filter((l) => l.backingFile.startsWith(layout.root + '/') || ours.has(l.backingFile));
   for (const kind of SERVER_DIRS) {
     const pidFile = join(layout.server(kind), 'server.pid');
     const text = await fsp.readFile(pidFile, 'utf8').catch(() => '');
@@ -105,22 +118,17 @@ export async function clearLeftovers(layout: RuntimeLayout, diskPaths: string[],
     await fsp.rm(pidFile, { force: true });
   }
   // Helpers of a stray server (samba-dcerpcd, rpcd_*) name our config files on their command lines.
-  for (const kind of ['smb', 'nfs'] as const) for (const pid of await killMatching(layout.server(kind) + '/')) done.push(`stopped stray process ${pid} using ${layout.server(kind)}`);
-  const mounts = (await mountsWithDevice()).filter((m) => m.mountpoint.startsWith(layout.root + '/')).sort((a, b) => Number(a.fstype.startsWith('fuse')) - Number(b.fstype.startsWith('fuse')) || b.mountpoint.length - a.mountpoint.length);
-  // A kernel mount over a dead FUSE file would wait forever to write back its dirty pages: abort
-  // the dead FUSE connections first, so that those writes fail at once and the unmounts finish.
-  for (const m of mounts.filter((x) => x.fstype.startsWith('fuse'))) if (await abortFuseConnection(m.device)) done.push(`aborted dead FUSE connection ${m.device} at ${m.mountpoint}`);
+  for (const kind of ['smb', 'nfs'] as const) {
+    for (const pid of await killMatching(layout.server(kind) + '/')) done.push(`stopped stray process ${pid} using ${layout.server(kind)}`);
+  }
   for (const m of mounts) {
     const ok = m.fstype.startsWith('fuse') ? await tryRun('fusermount', ['-uz', m.mountpoint]) : false;
     if (!ok) await tryRun('umount', ['-l', m.mountpoint]);
     done.push(`unmounted stale ${m.fstype} at ${m.mountpoint}`);
   }
-  const ours = new Set(diskPaths.map((p) => resolve(p)));
-  for (const l of await listLoops()) {
-    if (l.backingFile.startsWith(layout.root + '/') || ours.has(l.backingFile)) {
-      await detachLoop(l.device).catch(() => undefined);
-      done.push(`detached stale loop device ${l.device} (${l.backingFile})`);
-    }
+  for (const l of loops) {
+    await detachLoop(l.device).catch(() => undefined);
+    done.push(`detached stale loop device ${l.device} (${l.backingFile})`);
   }
   for (const d of done) log.warn('cleared leftover of a previous agent', { what: d });
   return done;
@@ -147,7 +155,13 @@ async function abortFuseConnection(device: string): Promise<boolean> {
   const minor = device.split(':')[1];
   if (!minor) return false;
   const abort = join(FUSECTL, minor, 'abort');
-  if (!(await fsp.stat(abort).then(() => true, () => false))) await tryRun('mount', ['-t', 'fusectl', 'fusectl', FUSECTL]);
+  if (
+    !(await fsp.stat(abort).then(
+      () => true,
+      () => false,
+    ))
+  )
+    await tryRun('mount', ['-t', 'fusectl', 'fusectl', FUSECTL]);
   try {
     await fsp.writeFile(abort, '1');
     return true;

@@ -25,7 +25,12 @@ export class Secrets {
     try {
       text = await fsp.readFile(ref.file, 'utf8');
     } catch (e) {
-      throw new BridgeError('CONFIG', `${what}: cannot read secret file ${ref.file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, {}, { cause: e });
+      throw new BridgeError(
+        'CONFIG',
+        `${what}: cannot read secret file ${ref.file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`,
+        {},
+        { cause: e },
+      );
     }
     const v = text.replace(/\r?\n$/, '');
     if (!v) throw new BridgeError('CONFIG', `${what}: secret file ${ref.file} is empty`);

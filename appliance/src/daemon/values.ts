@@ -36,12 +36,12 @@ export interface BuildContext {
 }
 
 /** `serial:NAME` → the /dev node of the disk whose serial is NAME (virtio disks attached by the host). */
-export async function resolveDiskPath(path: string): Promise<string> {
+export async function resolveDiskPath(path: string, sysBlock = '/sys/block'): Promise<string> {
   if (!path.startsWith('serial:')) return path;
   const serial = path.slice('serial:'.length);
-  const names = await fsp.readdir('/sys/block').catch(() => [] as string[]);
+  const names = await fsp.readdir(sysBlock).catch(() => [] as string[]);
   for (const dev of names) {
-    for (const f of [join('/sys/block', dev, 'serial'), join('/sys/block', dev, 'device', 'serial')]) {
+    for (const f of [join(sysBlock, dev, 'serial'), join(sysBlock, dev, 'device', 'serial')]) {
       const s = await fsp.readFile(f, 'utf8').catch(() => undefined);
       if (s !== undefined && s.trim() === serial) return `/dev/${dev}`;
     }
@@ -73,7 +73,15 @@ export async function buildSource(s: SourceConfig, ctx: BuildContext): Promise<B
         });
         return {
           value: { kind: 'tree', tree },
-          details: { path: s.path, device: path, partition: tree.partition, fstype: tree.fstype, loop: tree.loopDevice, mountpoint: tree.path, readOnly: s.readOnly },
+          details: {
+            path: s.path,
+            device: path,
+            partition: tree.partition,
+            fstype: tree.fstype,
+            loop: tree.loopDevice,
+            mountpoint: tree.path,
+            readOnly: s.readOnly,
+          },
         };
       } finally {
         await reader.close();
@@ -88,17 +96,20 @@ export async function buildSource(s: SourceConfig, ctx: BuildContext): Promise<B
       return { value: { kind: 'block', device }, details: { path: s.path, size: device.size, readOnly: s.readOnly } };
     }
     case 'store': {
-      const store = await openStoreBreakingOwnLock({
-        store: s.store,
-        ...(s.endpoint ? { endpoint: s.endpoint } : {}),
-        ...(s.region ? { region: s.region } : {}),
-        ...(ctx.passphrase !== undefined ? { passphrase: ctx.passphrase } : {}),
-        ...(s.cache.dir ? { cacheDir: s.cache.dir } : {}),
-        cacheSize: s.cache.size,
-        memoryCacheSize: s.cache.memory,
-        readOnly: s.readOnly,
-        log: ctx.log,
-      }, ctx.log);
+      const store = await openStoreBreakingOwnLock(
+        {
+          store: s.store,
+          ...(s.endpoint ? { endpoint: s.endpoint } : {}),
+          ...(s.region ? { region: s.region } : {}),
+          ...(ctx.passphrase !== undefined ? { passphrase: ctx.passphrase } : {}),
+          ...(s.cache.dir ? { cacheDir: s.cache.dir } : {}),
+          cacheSize: s.cache.size,
+          memoryCacheSize: s.cache.memory,
+          readOnly: s.readOnly,
+          log: ctx.log,
+        },
+        ctx.log,
+      );
       return { value: { kind: 'block', device: store, store }, details: { store: s.store, size: store.size, readOnly: s.readOnly, cacheSize: s.cache.size } };
     }
   }

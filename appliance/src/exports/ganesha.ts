@@ -77,8 +77,8 @@ export class GaneshaServer {
     const plugins = ['/usr/lib/x86_64-linux-gnu/ganesha', '/usr/lib/aarch64-linux-gnu/ganesha', '/usr/lib64/ganesha', '/usr/lib/ganesha'].find((d) =>
       existsSync(join(d, 'libfsalvfs.so')),
     );
-    if (!plugins) throw new BridgeError('ENOENT', 'nfs-ganesha\'s VFS backend (libfsalvfs.so) is not installed: install nfs-ganesha-vfs');
-    const text = await render('ganesha.conf.hbs', {
+    if (!plugins) throw new BridgeError('ENOENT', "nfs-ganesha's VFS backend (libfsalvfs.so) is not installed: install nfs-ganesha-vfs");
+    const text = await render('ganesha.conf.tmpl', {
       port: this.o.port,
       address: this.o.address,
       protocols: this.o.v3 ? '3, 4' : '4',

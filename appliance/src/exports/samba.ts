@@ -1,6 +1,6 @@
 /**
  * SMB through Samba's smbd. One smbd serves every share; smb.conf is rendered from
- * templates/smb.conf.hbs into the private runtime directory. Users are Unix accounts without a home or
+ * templates/smb.conf.tmpl into the private runtime directory. Users are Unix accounts without a home or
  * shell plus a tdbsam entry set with `smbpasswd -s` (password on stdin). Adding a share or changing a
  * password does not restart smbd: shares are re-read on SIGHUP, passwords straight from the passdb.
  */
@@ -75,7 +75,8 @@ export class SambaServer {
     } catch {
       /* no module directory: only the built-in modules */
     }
-    for (const m of ['catia', 'fruit', 'streams_xattr']) if (!have.has(m)) this.o.log.warn(`Samba VFS module ${m} is missing (install samba-vfs-modules): macOS clients lose it`);
+    for (const m of ['catia', 'fruit', 'streams_xattr'])
+      if (!have.has(m)) this.o.log.warn(`Samba VFS module ${m} is missing (install samba-vfs-modules): macOS clients lose it`);
     this.modules = have;
     return have;
   }
@@ -84,7 +85,7 @@ export class SambaServer {
     const modules = await this.vfsModules();
     for (const d of ['', 'private', 'lock', 'state', 'cache', 'pid', 'ncalrpc']) await fsp.mkdir(join(this.o.dir, d), { recursive: true, mode: 0o700 });
     const any = this.o.address === '0.0.0.0';
-    const text = await render('smb.conf.hbs', {
+    const text = await render('smb.conf.tmpl', {
       port: this.o.port,
       address: any ? '0.0.0.0/0' : this.o.address,
       bindOnly: any ? 'no' : 'yes',

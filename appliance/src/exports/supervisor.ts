@@ -23,8 +23,10 @@ export interface SupervisorOptions {
   ready: (pid: number) => Promise<void>;
   /** Stops the server cleanly before the signal (tgtd needs its targets deleted first). */
   beforeStop?: () => Promise<void>;
+  /** At most this many restarts within windowMs (default 5 in 60 s), then "failed". */
   maxRestarts?: number;
   windowMs?: number;
+  restartDelayMs?: number;
 }
 
 export class Supervisor {
@@ -98,6 +100,11 @@ export class Supervisor {
   private onExit(child: ChildProcess, why: string): void {
     if (this.child !== child || this.stopping) return;
     this.child = undefined;
+    this.crashed(why);
+  }
+
+  /** Restarts after a crash or a failed restart, unless it happened too often lately. */
+  private crashed(why: string): void {
     this.lastError = why;
     const now = Date.now();
     this.restarts = this.restarts.filter((t) => now - t < (this.o.windowMs ?? 60_000));
@@ -112,8 +119,10 @@ export class Supervisor {
     this.log.warn('server died: restarting', { reason: why });
     setTimeout(() => {
       if (this.stopping) return;
-      this.start().catch((e: unknown) => this.log.error('restart failed', { error: errorMessage(e) }));
-    }, 500);
+      this.start().catch((e: unknown) => {
+        if (!this.stopping) this.crashed(errorMessage(e));
+      });
+    }, this.o.restartDelayMs ?? 500);
   }
 
   /** Sends SIGHUP (smbd re-reads its config). */

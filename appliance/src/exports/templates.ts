@@ -10,7 +10,7 @@ function templatesDir(): string {
   let dir = dirname(fileURLToPath(import.meta.url));
   for (let i = 0; i < 6; i++) {
     for (const candidate of [join(dir, 'templates'), join(dir, 'appliance', 'templates')]) {
-      if (existsSync(join(candidate, 'smb.conf.hbs'))) return candidate;
+      if (existsSync(join(candidate, 'smb.conf.tmpl'))) return candidate;
     }
     dir = dirname(dir);
   }

@@ -166,7 +166,8 @@ export class TgtServer {
 export async function stopStrayTgtd(controlPort: number): Promise<void> {
   const adm = (...args: string[]): Promise<{ stdout: string }> => run('tgtadm', ['-C', String(controlPort), '--lld', 'iscsi', ...args], { timeoutMs: 10_000 });
   const shown = await adm('--mode', 'target', '--op', 'show').catch(() => ({ stdout: '' }));
-  for (const m of shown.stdout.matchAll(/^Target (\d+):/gm)) await tryRun('tgtadm', ['-C', String(controlPort), '--lld', 'iscsi', '--mode', 'target', '--op', 'delete', '--force', '--tid', m[1]!]);
+  for (const m of shown.stdout.matchAll(/^Target (\d+):/gm))
+    await tryRun('tgtadm', ['-C', String(controlPort), '--lld', 'iscsi', '--mode', 'target', '--op', 'delete', '--force', '--tid', m[1]!]);
   await tryRun('tgtadm', ['-C', String(controlPort), '--lld', 'iscsi', '--mode', 'system', '--op', 'delete']);
 }
 

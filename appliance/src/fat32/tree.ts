@@ -116,7 +116,7 @@ function addEntry(table: EntryTable, parent: number, c: Candidate, flags: number
  * Scans `source` into a snapshot. Synchronous system calls in a loop are several times faster than
  * their async forms for many small stats; the scan yields to the event loop between directories.
  */
-export async function scanTree(source: string): Promise<TreeSnapshot> {
+export async function scanTree(source: string, options: { skipRootName?: string } = {}): Promise<TreeSnapshot> {
   let rootStat: Stats;
   try {
     rootStat = lstatSync(source);
@@ -131,7 +131,7 @@ export async function scanTree(source: string): Promise<TreeSnapshot> {
   const queue: { index: number; rel: string }[] = [{ index: 0, rel: '' }];
   let lastYield = Date.now();
   for (let q = 0; q < queue.length; q++) {
-    scanDirectory(snap, queue[q]!.index, queue[q]!.rel, queue);
+    scanDirectory(snap, queue[q]!.index, queue[q]!.rel, queue, options.skipRootName);
     if (Date.now() - lastYield > 20) {
       await new Promise((r) => setImmediate(r));
       lastYield = Date.now();
@@ -153,7 +153,7 @@ function validUtf8Names(raw: Buffer[], snap: TreeSnapshot, relOf: (name: string)
   return out;
 }
 
-function scanDirectory(snap: TreeSnapshot, dirIndex: number, rel: string, queue: { index: number; rel: string }[]): void {
+function scanDirectory(snap: TreeSnapshot, dirIndex: number, rel: string, queue: { index: number; rel: string }[], skipRootName?: string): void {
   const dirPath = join(snap.source, rel);
   const prefix = dirPath.endsWith('/') ? dirPath : dirPath + '/';
   const relOf = (name: string): string => (rel ? `${rel}/${name}` : name);
@@ -174,6 +174,8 @@ function scanDirectory(snap: TreeSnapshot, dirIndex: number, rel: string, queue:
   }
   const candidates: Candidate[] = [];
   for (const sourceName of names) {
+    // The write-back journal inside the source is the agent's own, never part of the volume.
+    if (isRoot && sourceName === skipRootName) continue;
     let st: Stats;
     try {
       st = lstatSync(prefix + sourceName);

@@ -5,7 +5,15 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import * as shared from '../../../shared/src/config-drive.js';
 import { encodeConfigDrive, decodeConfigDrive, type GuestConfigInput } from '../../../shared/src/config-drive.js';
-import { applyGuestConfig, CONFIG_DRIVE_MAGIC, CONFIG_DRIVE_SIZE, findConfigDrive, parseConfigDrive, readConfigDrive, type GuestPaths } from './config-drive.js';
+import {
+  applyGuestConfig,
+  CONFIG_DRIVE_MAGIC,
+  CONFIG_DRIVE_SIZE,
+  findConfigDrive,
+  parseConfigDrive,
+  readConfigDrive,
+  type GuestPaths,
+} from './config-drive.js';
 
 const config: GuestConfigInput = {
   version: 1,
@@ -46,7 +54,11 @@ describe('guest config drive', () => {
     const img = encodeConfigDrive(config);
     expect(parseConfigDrive(img)).toEqual(JSON.parse(JSON.stringify(config)));
     const full = decodeConfigDrive(img);
-    expect([parseConfigDrive(img).name, parseConfigDrive(img).sshAuthorizedKey, parseConfigDrive(img).sshPort]).toEqual([full.name, full.sshAuthorizedKey, full.sshPort]);
+    expect([parseConfigDrive(img).name, parseConfigDrive(img).sshAuthorizedKey, parseConfigDrive(img).sshPort]).toEqual([
+      full.name,
+      full.sshAuthorizedKey,
+      full.sshPort,
+    ]);
     const noPort = encodeConfigDrive({ ...config, sshPort: undefined });
     expect(parseConfigDrive(noPort).sshPort).toBe(decodeConfigDrive(noPort).sshPort);
   });

@@ -54,7 +54,15 @@ export async function kernelMount(o: KernelMountOptions): Promise<KernelMountTre
     await detachLoop(loop).catch(() => undefined);
     throw e;
   }
-  o.log.info('mounted', { what: o.what, file: o.file, partition: loc.partition, fstype: fstype ?? 'auto', loop, mountpoint: o.mountpoint, readOnly: o.readOnly });
+  o.log.info('mounted', {
+    what: o.what,
+    file: o.file,
+    partition: loc.partition,
+    fstype: fstype ?? 'auto',
+    loop,
+    mountpoint: o.mountpoint,
+    readOnly: o.readOnly,
+  });
   let closing: Promise<void> | undefined;
   return {
     path: o.mountpoint,

@@ -1,6 +1,6 @@
 /**
  * The per-chunk codec, in this order: zero detection (an all-zero chunk has no object), zstd
- * compression (kept only when it shrinks the chunk), AES-256-GCM with a fresh random 96-bit nonce per
+ * compression (skipped when two 4 KiB samples do not compress; kept only when it shrinks the chunk), AES-256-GCM with a fresh random 96-bit nonce per
  * write. The associated data binds the volume id, the chunk index and the flags, so a chunk moved to
  * another index, swapped or replayed from another volume fails authentication.
  *
@@ -39,7 +39,7 @@ export class ChunkCodec {
     if (isAllZero(plain)) return null;
     let flags = this.encrypted ? F_ENCRYPTED : 0;
     let payload: Uint8Array = plain;
-    if (this.header.compression === 'zstd') {
+    if (this.header.compression === 'zstd' && (await this.worthCompressing(plain))) {
       const packed = await compress(Buffer.from(plain.buffer, plain.byteOffset, plain.byteLength), this.header.compressionLevel);
       if (packed.length < plain.byteLength) {
         payload = packed;
@@ -51,9 +51,15 @@ export class ChunkCodec {
       const nonce = randomBytes(NONCE);
       const c = createCipheriv('aes-256-gcm', this.keys!.data, nonce);
       c.setAAD(aad);
-      const body = c.update(payload);
+      // One output buffer: large chunk-sized garbage is what the GC spends its time on here.
+      const out = Buffer.allocUnsafe(2 + NONCE + payload.byteLength + TAG);
+      out[0] = OBJECT_VERSION;
+      out[1] = flags;
+      nonce.copy(out, 2);
+      c.update(payload).copy(out, 2 + NONCE);
       c.final();
-      return Buffer.concat([Buffer.from([OBJECT_VERSION, flags]), nonce, body, c.getAuthTag()]);
+      c.getAuthTag().copy(out, out.length - TAG);
+      return out;
     }
     const sum = Buffer.alloc(4);
     sum.writeUInt32BE(crc32(payload, crc32(aad)));
@@ -94,6 +100,20 @@ export class ChunkCodec {
     } else plain = payload;
     if (plain.length !== this.header.chunkSize) throw bad(`holds ${plain.length} bytes, not ${this.header.chunkSize}`);
     return plain;
+  }
+
+  /**
+   * Incompressible data (already compressed or encrypted files, random bytes) is common on disks:
+   * two 4 KiB samples that zstd cannot shrink by 3% skip compressing the whole chunk.
+   */
+  private async worthCompressing(plain: Uint8Array): Promise<boolean> {
+    const S = 4096;
+    if (plain.byteLength < 4 * S) return true;
+    for (const at of [0, (plain.byteLength >> 1) - S / 2]) {
+      const sample = Buffer.from(plain.buffer, plain.byteOffset + at, S);
+      if ((await compress(sample, 1)).length < S * 0.97) return true;
+    }
+    return false;
   }
 
   private aad(index: number, flags: number): Buffer {

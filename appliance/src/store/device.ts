@@ -112,7 +112,8 @@ export class ChunkStoreDevice implements BlockDevice {
   async resize(newSize: number): Promise<void> {
     this.life.check();
     if (!this.capabilities.resizable) throw new BridgeError('EROFS', 'volume is open read-only');
-    if (!Number.isSafeInteger(newSize) || newSize < this.size) throw new BridgeError('EINVAL', `cannot shrink volume ${this.volumeId} from ${this.size} to ${newSize} bytes`);
+    if (!Number.isSafeInteger(newSize) || newSize < this.size)
+      throw new BridgeError('EINVAL', `cannot shrink volume ${this.volumeId} from ${this.size} to ${newSize} bytes`);
     if (newSize === this.size) return;
     const next = { ...this.header, size: newSize };
     await this.backend.put(HEADER_KEY, encodeHeader(next));

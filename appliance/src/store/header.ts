@@ -83,7 +83,8 @@ export async function newHeader(o: NewHeaderOptions): Promise<{ header: VolumeHe
 /** Derives the keys of an existing volume; a wrong passphrase is EACCES. */
 export async function unlock(header: VolumeHeader, passphrase: string | undefined): Promise<Keys | undefined> {
   if (header.cipher === 'none') return undefined;
-  if (!passphrase) throw new BridgeError('CONFIG', `volume ${header.volumeId} is encrypted (${header.cipher}): give --passphrase-file FILE or BRIDGE_STORE_PASSPHRASE`);
+  if (!passphrase)
+    throw new BridgeError('CONFIG', `volume ${header.volumeId} is encrypted (${header.cipher}): give --passphrase-file FILE or BRIDGE_STORE_PASSPHRASE`);
   if (!header.kdf || !header.keyCheck) throw new BridgeError('EIO', `volume header is missing its KDF parameters or key check`);
   const derived = await derive(passphrase, header.kdf);
   const want = Buffer.from(header.keyCheck, 'base64');
@@ -97,7 +98,9 @@ export async function unlock(header: VolumeHeader, passphrase: string | undefine
 async function derive(passphrase: string, kdf: NonNullable<VolumeHeader['kdf']>): Promise<{ data: Buffer; check: Buffer }> {
   const maxmem = 128 * kdf.N * kdf.r * kdf.p + 64 * 1024 * 1024;
   const out = await new Promise<Buffer>((res, rej) =>
-    scrypt(passphrase.normalize('NFC'), Buffer.from(kdf.salt, 'base64'), 64, { N: kdf.N, r: kdf.r, p: kdf.p, maxmem }, (err, key) => (err ? rej(err) : res(key))),
+    scrypt(passphrase.normalize('NFC'), Buffer.from(kdf.salt, 'base64'), 64, { N: kdf.N, r: kdf.r, p: kdf.p, maxmem }, (err, key) =>
+      err ? rej(err) : res(key),
+    ),
   );
   return { data: out.subarray(0, 32), check: out.subarray(32, 64) };
 }
@@ -118,9 +121,11 @@ export function decodeHeader(data: Buffer, location: string): VolumeHeader {
     throw new BridgeError('EIO', `${location}: volume header is not valid JSON`, {}, { cause: e });
   }
   const r = headerSchema.safeParse(parsed);
-  if (!r.success) throw new BridgeError('EIO', `${location}: volume header is invalid: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+  if (!r.success)
+    throw new BridgeError('EIO', `${location}: volume header is invalid: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
   const h = r.data;
-  if (h.version !== FORMAT_VERSION) throw new BridgeError('ENOTSUP', `${location}: volume format version ${h.version} is not supported (this build reads ${FORMAT_VERSION})`);
+  if (h.version !== FORMAT_VERSION)
+    throw new BridgeError('ENOTSUP', `${location}: volume format version ${h.version} is not supported (this build reads ${FORMAT_VERSION})`);
   checkChunkSize(h.chunkSize);
   return h;
 }

@@ -268,9 +268,14 @@ export async function storeStats(o: StoreLocationOptions & { cacheDir?: string }
     } catch {
       mounted = undefined;
     }
-    return { volumeId: header.volumeId, storedObjects: objects, storedBytes: bytes, compressionRatio: bytes ? (objects * header.chunkSize) / bytes : 1, mounted };
-  }
-  finally {
+    return {
+      volumeId: header.volumeId,
+      storedObjects: objects,
+      storedBytes: bytes,
+      compressionRatio: bytes ? (objects * header.chunkSize) / bytes : 1,
+      mounted,
+    };
+  } finally {
     await backend.close();
   }
 }

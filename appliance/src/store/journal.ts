@@ -69,10 +69,16 @@ export class Journal {
     if (existing && existing.length >= HEADER) {
       const h = existing.subarray(0, HEADER);
       if (h.toString('latin1', 0, 4) !== MAGIC || crc32(h.subarray(0, 60)) !== h.readUInt32BE(60)) {
-        throw new BridgeError('EIO', `cache journal ${path} is not a bridge journal or its header is corrupt; move it away to continue (unflushed data in it would be lost)`);
+        throw new BridgeError(
+          'EIO',
+          `cache journal ${path} is not a bridge journal or its header is corrupt; move it away to continue (unflushed data in it would be lost)`,
+        );
       }
       if (!h.equals(headerBytes)) {
-        throw new BridgeError('EBUSY', `cache directory ${dir} belongs to volume ${h.subarray(4, 20).toString('hex')} (chunk size ${h.readUInt32BE(20)}), not ${volumeId}: use another --cache-dir`);
+        throw new BridgeError(
+          'EBUSY',
+          `cache directory ${dir} belongs to volume ${h.subarray(4, 20).toString('hex')} (chunk size ${h.readUInt32BE(20)}), not ${volumeId}: use another --cache-dir`,
+        );
       }
       for (; pos + RECORD <= existing.length; pos += RECORD) {
         const r = existing.subarray(pos, pos + RECORD);

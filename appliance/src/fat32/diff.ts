@@ -1,0 +1,405 @@
+/**
+ * The diff of the write path: the *applied view* (what the source holds, as the volume last showed
+ * it) against the host's current view (parse.ts) gives a plan of operations on the source (apply.ts).
+ *
+ * Matching: an entry with a cluster chain is the same entry as the applied one with the same first
+ * cluster (a file and a directory never match each other); an empty file (no cluster) matches the
+ * empty file of the same name (ignoring case) in the matched parent directory. Then:
+ * - matched, in another directory or under another name → move (the source name is kept while the
+ *   volume name is unchanged, so mapped names such as `a:b` shown as `a_b` survive moves);
+ * - not matched in the applied view → deleted (unlink, rmdir deepest first);
+ * - not matched in the host's view → created (mkdir, or the file's bytes staged and renamed in);
+ * - matched files: data of clusters the host wrote since the last apply, of clusters past the longest
+ *   common prefix of the old and new chains, and of the old last cluster when the file grew, is
+ *   written at its file offset; a changed size truncates or extends; a changed modification time or
+ *   read-only attribute is set.
+ * Moves go through a parking place in the journal directory (vacate deepest first, then place in
+ * breadth-first order), so swaps and moves into new directories need no ordering puzzle.
+ *
+ * Changes by someone else: before deleting a file or changing its data, the source file must still be
+ * what the write-back last saw (inode, size, mtime); otherwise the host's change to it is refused and
+ * reported as a conflict (the host keeps seeing its version in the overlay). A new or moved entry
+ * whose place in the source is taken by something the volume does not show holds the whole plan.
+ */
+import { promises as fsp } from 'node:fs';
+import { dirname, join } from 'node:path';
+import type { Op } from './apply.js';
+import { ATTR_READ_ONLY, fatTime } from './dirent.js';
+import type { EntryTable } from './entries.js';
+import type { Journal } from './journal.js';
+import { clusterOffset, ROOT_CLUSTER, type Geometry } from './layout.js';
+import { foldCase } from './names.js';
+import type { ParsedNode, ReadFn } from './parse.js';
+
+export interface Ident {
+  ino: number;
+  size: number;
+  mtimeMs: number;
+}
+
+/** One entry of the applied view. */
+export interface VNode {
+  /** Name on the volume. */
+  name: string;
+  /** Name in the source (differs from `name` for mapped names). */
+  src: string;
+  isDir: boolean;
+  parent: VNode | undefined;
+  /** Children by case-folded volume name. */
+  children: Map<string, VNode>;
+  firstCluster: number;
+  runs: number[];
+  size: number;
+  mdate: number;
+  mtime: number;
+  attr: number;
+  /** The snapshot entry whose synthesized clusters hold this file's original data, or -1. */
+  snap: number;
+  /** The source file as the write-back last saw it (files only). */
+  ident: Ident | undefined;
+}
+
+/** The applied view at start: the snapshot itself. */
+export function viewFromSnapshot(t: EntryTable): VNode {
+  const nodes: VNode[] = new Array<VNode>(t.count);
+  for (let i = 0; i < t.count; i++) {
+    const ft = fatTime(t.mtimeMs[i]!);
+    const isDir = t.isDir(i);
+    const n: VNode = {
+      name: t.name(i),
+      src: t.sourceName[i]!,
+      isDir,
+      parent: i === 0 ? undefined : nodes[t.parent[i]!],
+      children: new Map(),
+      firstCluster: i === 0 ? ROOT_CLUSTER : t.firstCluster[i]!,
+      runs: t.clusters[i]! > 0 ? [t.firstCluster[i]!, t.clusters[i]!] : [],
+      size: t.size[i]!,
+      mdate: ft.date,
+      mtime: ft.time,
+      attr: t.attr[i]!,
+      snap: isDir ? -1 : i,
+      ident: isDir ? undefined : { ino: t.ino[i]!, size: t.size[i]!, mtimeMs: t.mtimeMs[i]! },
+    };
+    nodes[i] = n;
+    if (n.parent) n.parent.children.set(foldCase(n.name), n);
+  }
+  return nodes[0]!;
+}
+
+/** Source path of a node relative to the source root. */
+export function relPath(n: VNode): string {
+  const parts: string[] = [];
+  for (let v: VNode | undefined = n; v?.parent; v = v.parent) parts.push(v.src);
+  return parts.reverse().join('/');
+}
+
+function depth(n: VNode): number {
+  let d = 0;
+  for (let v = n.parent; v; v = v.parent) d++;
+  return d;
+}
+
+/** Local time of a FAT date and time (2-second resolution). */
+export function fatToMs(date: number, time: number): number {
+  return new Date((date >> 9) + 1980, ((date >> 5) & 15) - 1, date & 31, time >> 11, (time >> 5) & 63, (time & 31) * 2).getTime();
+}
+
+export interface PlanInput {
+  old: VNode;
+  parsed: ParsedNode;
+  g: Geometry;
+  /** Data clusters written since the last apply. */
+  dirty: Set<number>;
+  /** Reads the host's view (overlay over synthesized bytes). */
+  read: ReadFn;
+  journal: Journal;
+  sourceRoot: string;
+}
+
+export interface PlanResult {
+  ops: Op[];
+  /** The applied view once the plan ran. */
+  root: VNode;
+  conflicts: { path: string; detail: string }[];
+  /** Set when nothing may be applied (with why). */
+  hold?: string;
+  /** Nodes whose source file must be stat'ed after the plan (new or changed files). */
+  restat: VNode[];
+  /** Snapshot entries whose source file changed or went away. */
+  touchedSnaps: number[];
+  counts: { created: number; deleted: number; moved: number; written: number; bytes: number };
+}
+
+interface Pair {
+  node: VNode;
+  old: VNode | undefined;
+  parsed: ParsedNode;
+}
+
+async function lstatOrUndefined(path: string): Promise<import('node:fs').Stats | undefined> {
+  try {
+    return await fsp.lstat(path);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
+    throw e;
+  }
+}
+
+function sameRuns(a: number[], b: number[]): boolean {
+  return a.length === b.length && a.every((v, i) => v === b[i]);
+}
+
+/** Clusters of a run list as an array (for chain comparisons of changed files only). */
+function clusterList(runs: number[], limit: number): number[] {
+  const out: number[] = [];
+  for (let i = 0; i < runs.length && out.length < limit; i += 2) for (let c = runs[i]!; c < runs[i]! + runs[i + 1]! && out.length < limit; c++) out.push(c);
+  return out;
+}
+
+export async function makePlan(input: PlanInput): Promise<PlanResult> {
+  const { old, parsed, g, dirty, read, journal, sourceRoot } = input;
+  const cs = g.clusterSize;
+  const abs = (n: VNode): string => join(sourceRoot, relPath(n));
+  const result: PlanResult = { ops: [], root: undefined as unknown as VNode, conflicts: [], restat: [], touchedSnaps: [], counts: { created: 0, deleted: 0, moved: 0, written: 0, bytes: 0 } };
+
+  // 1. Match the host's entries to applied ones.
+  const oldByCluster = new Map<number, VNode>();
+  const oldAll: VNode[] = [];
+  {
+    const stack = [old];
+    while (stack.length) {
+      const n = stack.pop()!;
+      oldAll.push(n);
+      if (n.firstCluster !== 0) oldByCluster.set(n.firstCluster, n);
+      for (const c of n.children.values()) stack.push(c);
+    }
+  }
+  const claimed = new Set<VNode>([old]);
+  const matchOf = new Map<VNode, VNode>(); // new node → old node
+  const newRoot: VNode = { ...old, parent: undefined, children: new Map(), runs: parsed.runs };
+  matchOf.set(newRoot, old);
+  const pairs: Pair[] = [];
+  const queue: { p: ParsedNode; n: VNode }[] = [{ p: parsed, n: newRoot }];
+  for (let q = 0; q < queue.length; q++) {
+    const { p: pdir, n: ndir } = queue[q]!;
+    const odir = matchOf.get(ndir);
+    const srcNames = new Set<string>();
+    for (const p of pdir.children) {
+      let m: VNode | undefined;
+      if (p.firstCluster !== 0) m = oldByCluster.get(p.firstCluster);
+      else if (odir && !p.isDir) m = odir.children.get(foldCase(p.name));
+      if (m && (m.isDir !== p.isDir || claimed.has(m) || (p.firstCluster === 0 && m.firstCluster !== 0))) m = undefined;
+      if (m) claimed.add(m);
+      const node: VNode = {
+        name: p.name,
+        src: m && m.name === p.name ? m.src : p.name,
+        isDir: p.isDir,
+        parent: ndir,
+        children: new Map(),
+        firstCluster: p.firstCluster,
+        runs: p.runs,
+        size: p.size,
+        mdate: p.mdate,
+        mtime: p.mtime,
+        attr: p.attr,
+        snap: m ? m.snap : -1,
+        ident: m?.ident,
+      };
+      if (srcNames.has(node.src)) {
+        result.hold = `${relPath(node)}: two entries of one directory would have the same source name`;
+        return result;
+      }
+      srcNames.add(node.src);
+      ndir.children.set(foldCase(p.name), node);
+      if (m) matchOf.set(node, m);
+      pairs.push({ node, old: m, parsed: p });
+      if (p.isDir) queue.push({ p, n: node });
+    }
+  }
+  result.root = newRoot;
+
+  // 2. Vacate: deletions and moves out, deepest first, at their old paths (nothing has moved yet).
+  const moved = new Map<VNode, string>(); // new node → parking path
+  const vacated = new Set<string>();
+  const vacate: { o: VNode; to?: string; node?: VNode }[] = [];
+  for (const o of oldAll) if (!claimed.has(o)) vacate.push({ o });
+  let park = 0;
+  for (const pr of pairs) {
+    const m = pr.old;
+    if (!m) continue;
+    const parentMatch = matchOf.get(pr.node.parent!);
+    if (parentMatch !== m.parent || pr.node.src !== m.src) {
+      const to = journal.staged(`mv-${park++}`);
+      moved.set(pr.node, to);
+      vacate.push({ o: m, to, node: pr.node });
+    }
+  }
+  const depths = new Map<VNode, number>();
+  for (const v of vacate) depths.set(v.o, depth(v.o));
+  vacate.sort((a, b) => depths.get(b.o)! - depths.get(a.o)!);
+  const vacateOps: Op[] = [];
+  for (const v of vacate) {
+    const path = abs(v.o);
+    if (v.to) {
+      vacateOps.push({ op: 'rename', from: path, to: v.to });
+      vacated.add(path);
+      result.counts.moved++;
+      continue;
+    }
+    if (v.o.isDir) {
+      vacateOps.push({ op: 'rmdir', path });
+      vacated.add(path);
+      result.counts.deleted++;
+      continue;
+    }
+    if (v.o.snap >= 0) result.touchedSnaps.push(v.o.snap);
+    const st = await lstatOrUndefined(path);
+    if (!st) continue;
+    if (v.o.ident && (st.ino !== v.o.ident.ino || st.size !== v.o.ident.size || st.mtimeMs !== v.o.ident.mtimeMs || !st.isFile())) {
+      result.conflicts.push({ path: relPath(v.o), detail: 'deleted on the volume, but changed in the source since: kept' });
+      continue;
+    }
+    vacateOps.push({ op: 'unlink', path });
+    vacated.add(path);
+    result.counts.deleted++;
+  }
+  const isVacated = (path: string): boolean => {
+    for (let p = path; p.length > sourceRoot.length; p = dirname(p)) if (vacated.has(p)) return true;
+    return false;
+  };
+
+  // 3. Place (breadth-first: parents first): new directories, new files, moved entries. 4. Data of matched files.
+  let journalReady = false;
+  const ready = async (): Promise<void> => {
+    if (!journalReady) await journal.begin();
+    journalReady = true;
+  };
+  let blob: import('node:fs/promises').FileHandle | undefined;
+  let blobSize = 0;
+  const buf = Buffer.alloc(Math.max(cs, 256 * 1024));
+  /** Copies clusters [from, from + count) of a chain list to `sink(offsetInFile, bytes)`, within `size`. */
+  const copyClusters = async (clusters: number[], indices: number[], size: number, sink: (fileOffset: number, data: Buffer) => Promise<void>): Promise<void> => {
+    for (const i of indices) {
+      const len = Math.min(cs, size - i * cs);
+      if (len <= 0) continue;
+      const part = buf.subarray(0, len);
+      await read(part, clusterOffset(g, clusters[i]!));
+      await sink(i * cs, part);
+    }
+  };
+  /** True when a data cluster of the chain was written since the last apply. */
+  const anyDirty = (runs: number[]): boolean => {
+    if (dirty.size === 0) return false;
+    for (const d of dirty) for (let i = 0; i < runs.length; i += 2) if (d >= runs[i]! && d < runs[i]! + runs[i + 1]!) return true;
+    return false;
+  };
+  const placeOps: Op[] = [];
+  const dataOps: Op[] = [];
+  const metaOps: Op[] = [];
+  const dirTimes: { node: VNode; op: Op }[] = [];
+  let staged = 0;
+  for (const pr of pairs) {
+    const { node, old: m, parsed: p } = pr;
+    const path = abs(node);
+    if (!m || moved.has(node)) {
+      const st = await lstatOrUndefined(path);
+      if (st && !isVacated(path)) {
+        result.hold = `${relPath(node)}: the source already holds an entry there that the volume does not show`;
+        return result;
+      }
+    }
+    if (!m) {
+      result.counts.created++;
+      if (node.isDir) {
+        placeOps.push({ op: 'mkdir', path });
+        dirTimes.push({ node, op: { op: 'times', path, mtimeMs: fatToMs(p.mdate, p.mtime) } });
+        continue;
+      }
+      await ready();
+      const stage = journal.staged(`new-${staged++}`);
+      const fh = await fsp.open(stage, 'w');
+      try {
+        const need = Math.ceil(node.size / cs);
+        const clusters = clusterList(node.runs, need);
+        await copyClusters(
+          clusters,
+          clusters.map((_, i) => i),
+          node.size,
+          async (off, data) => void (await fh.write(data, 0, data.length, off)),
+        );
+        await fh.truncate(node.size);
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      result.counts.bytes += node.size;
+      placeOps.push({ op: 'rename', from: stage, to: path });
+      metaOps.push({ op: 'times', path, mtimeMs: fatToMs(p.mdate, p.mtime) });
+      if (node.attr & ATTR_READ_ONLY) metaOps.push({ op: 'mode', path, readOnly: true });
+      result.restat.push(node);
+      continue;
+    }
+    const park = moved.get(node);
+    if (park) placeOps.push({ op: 'rename', from: park, to: path });
+    if (node.isDir) {
+      if (m.mdate !== p.mdate || m.mtime !== p.mtime) dirTimes.push({ node, op: { op: 'times', path, mtimeMs: fatToMs(p.mdate, p.mtime) } });
+      continue;
+    }
+    // A matched file: what changed?
+    const need = Math.ceil(node.size / cs);
+    const timesChanged = m.mdate !== p.mdate || m.mtime !== p.mtime;
+    const roChanged = (m.attr & ATTR_READ_ONLY) !== (node.attr & ATTR_READ_ONLY);
+    const chainSame = sameRuns(m.runs, node.runs);
+    if (chainSame && node.size === m.size && !timesChanged && !roChanged && !anyDirty(node.runs)) continue;
+    const indices: number[] = [];
+    if (!chainSame || node.size !== m.size || anyDirty(node.runs)) {
+      const oldList = clusterList(m.runs, Infinity);
+      const newList = clusterList(node.runs, need);
+      let k = 0;
+      while (k < newList.length && k < oldList.length && newList[k] === oldList[k]) k++;
+      for (let i = 0; i < newList.length; i++) {
+        const grewInto = node.size > m.size && i === Math.floor(m.size / cs) && m.size % cs !== 0;
+        if (i >= k || grewInto || dirty.has(newList[i]!)) indices.push(i);
+      }
+    }
+    if (indices.length === 0 && node.size === m.size && !timesChanged && !roChanged) continue;
+    // The source file must still be what the write-back last saw (checked at its old path: nothing moved yet).
+    const st = await lstatOrUndefined(abs(m));
+    const id = m.ident;
+    if (!st || !st.isFile() || (id && (st.ino !== id.ino || st.size !== id.size || st.mtimeMs !== id.mtimeMs))) {
+      result.conflicts.push({
+        path: relPath(node),
+        detail: st ? "changed in the source since the volume showed it: the host's change is not applied" : "gone from the source: the host's change is not applied",
+      });
+      continue;
+    }
+    if (indices.length) {
+      await ready();
+      blob ??= await fsp.open(journal.blobPath, 'w');
+      const fh = blob;
+      const newList = clusterList(node.runs, need);
+      await copyClusters(newList, indices, node.size, async (off, data) => {
+        dataOps.push({ op: 'write', path, offset: off, blobOffset: blobSize, length: data.length });
+        await fh.write(data, 0, data.length, blobSize);
+        blobSize += data.length;
+      });
+      result.counts.written++;
+      result.counts.bytes += indices.length * cs;
+    }
+    if (node.size !== m.size) dataOps.push({ op: 'truncate', path, size: node.size });
+    if (indices.length || node.size !== m.size || timesChanged) metaOps.push({ op: 'times', path, mtimeMs: fatToMs(p.mdate, p.mtime) });
+    if (roChanged) metaOps.push({ op: 'mode', path, readOnly: (node.attr & ATTR_READ_ONLY) !== 0 });
+    result.restat.push(node);
+    if (node.snap >= 0) result.touchedSnaps.push(node.snap);
+  }
+  // Directory times last, deepest first (creating entries in a directory changes its mtime).
+  dirTimes.sort((a, b) => depth(b.node) - depth(a.node));
+  result.ops = [...vacateOps, ...placeOps, ...dataOps, ...metaOps, ...dirTimes.map((d) => d.op)];
+  if (blob) {
+    await blob.sync();
+    await blob.close();
+  }
+  if (result.ops.some((o) => o.op === 'rename') && !journalReady) await ready();
+  return result;
+}

@@ -1,0 +1,136 @@
+/**
+ * The write-back journal: a flush turns the host's changes into a plan of idempotent operations
+ * (apply.ts) and runs it through here, so that a killed agent never leaves the source half-applied.
+ *
+ * Directory layout (default `<source>/.bridge-fat32`, which must be on the source's file system
+ * because staged files are renamed into the tree):
+ *   blob        data of the plan's `write` operations
+ *   new-N       contents of new files, renamed into place by the plan
+ *   mv-N        entries parked while moves are reordered (a swap of two names needs a third place)
+ *   plan.json   the operations; written (tmp + fsync + rename + fsync of the directory) only after
+ *               blob and new-N are fsynced: its presence means "everything needed is durable"
+ *   progress    one line per finished operation, fdatasynced after each
+ * Once every operation ran and the touched files and directories are fsynced, the directory is
+ * removed. At start (`recover`), a plan.json left by a crash is run from its recorded progress to the
+ * end (each operation is idempotent, so the one in flight at the crash may run again), then removed;
+ * without a plan.json the directory is stale staging and is removed.
+ */
+import { constants as fsc, promises as fsp } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { BridgeError, errorMessage } from '../../../shared/src/errors.js';
+import type { Logger } from '../../../shared/src/logger.js';
+import { applyOp, syncTouched, type ApplyContext, type Op } from './apply.js';
+
+export const DEFAULT_JOURNAL_NAME = '.bridge-fat32';
+
+interface PlanFile {
+  version: 1;
+  sourceRoot: string;
+  ops: Op[];
+}
+
+async function fsyncPath(path: string): Promise<void> {
+  const fh = await fsp.open(path, fsc.O_RDONLY);
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+export class Journal {
+  constructor(
+    readonly dir: string,
+    readonly sourceRoot: string,
+    private readonly log: Logger,
+  ) {}
+
+  get blobPath(): string {
+    return join(this.dir, 'blob');
+  }
+
+  staged(name: string): string {
+    return join(this.dir, name);
+  }
+
+  /** Creates an empty journal directory for a new plan (removing leftovers of an aborted one). */
+  async begin(): Promise<void> {
+    await fsp.rm(this.dir, { recursive: true, force: true });
+    await fsp.mkdir(this.dir, { recursive: true });
+  }
+
+  /** Makes the plan durable; from here on it will be completed even across a crash. */
+  async commit(ops: Op[]): Promise<void> {
+    const plan: PlanFile = { version: 1, sourceRoot: this.sourceRoot, ops };
+    const tmp = join(this.dir, 'plan.json.tmp');
+    const fh = await fsp.open(tmp, 'w');
+    try {
+      await fh.writeFile(JSON.stringify(plan));
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await fsp.rename(tmp, join(this.dir, 'plan.json'));
+    await fsyncPath(this.dir);
+  }
+
+  /** Runs ops[start..] recording progress, fsyncs what changed, then removes the journal. Returns notes. */
+  async run(ops: Op[], start = 0): Promise<string[]> {
+    const ctx: ApplyContext = { sourceRoot: this.sourceRoot, journalDir: this.dir, blob: this.blobPath, notes: [], touched: new Set() };
+    const progress = await fsp.open(join(this.dir, 'progress'), 'a');
+    try {
+      for (let i = start; i < ops.length; i++) {
+        await applyOp(ops[i]!, ctx);
+        await progress.write(`${i}\n`);
+        await progress.datasync();
+      }
+    } finally {
+      await progress.close();
+    }
+    await syncTouched(ctx);
+    await this.finish();
+    return ctx.notes;
+  }
+
+  /** Removes the journal directory (its plan is done or was never committed). */
+  async finish(): Promise<void> {
+    await fsp.rm(this.dir, { recursive: true, force: true });
+    await fsyncPath(dirname(this.dir)).catch(() => undefined);
+  }
+
+  /**
+   * Completes a plan a crash interrupted (called before the source is scanned). Returns the number of
+   * operations run, or 0 when there was nothing to complete.
+   */
+  async recover(): Promise<number> {
+    let text: string;
+    try {
+      text = await fsp.readFile(join(this.dir, 'plan.json'), 'utf8');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      // No committed plan: whatever is there is staging of a flush that was never acknowledged.
+      await fsp.rm(this.dir, { recursive: true, force: true });
+      return 0;
+    }
+    let plan: PlanFile;
+    try {
+      plan = JSON.parse(text) as PlanFile;
+    } catch (e) {
+      throw new BridgeError('EIO', `write-back journal ${this.dir}/plan.json is unreadable: ${errorMessage(e)}; move it away to start without it`);
+    }
+    if (plan.version !== 1 || plan.sourceRoot !== this.sourceRoot) {
+      throw new BridgeError('EINVAL', `write-back journal ${this.dir} belongs to source ${plan.sourceRoot}, not ${this.sourceRoot}`);
+    }
+    let done = -1;
+    try {
+      for (const line of (await fsp.readFile(join(this.dir, 'progress'), 'utf8')).split('\n')) if (/^\d+$/.test(line)) done = Math.max(done, Number(line));
+    } catch {
+      /* no progress yet */
+    }
+    const remaining = plan.ops.length - (done + 1);
+    this.log.warn('completing a write-back plan interrupted by a crash', { journal: this.dir, ops: plan.ops.length, remaining });
+    const notes = await this.run(plan.ops, done + 1);
+    for (const n of notes) this.log.warn('write-back note', { note: n });
+    return remaining;
+  }
+}
