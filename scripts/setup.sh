@@ -8,7 +8,7 @@ export DEBIAN_FRONTEND=noninteractive
 # Debian packages the build, the tests and the image build need (see docs/development.md).
 PACKAGES=(
   libfuse2 fuse                                   # fuse-native's library and fusermount
-  samba smbclient                                 # SMB export + client
+  samba samba-vfs-modules smbclient               # SMB export (+ fruit, streams_xattr) + client
   nfs-ganesha nfs-ganesha-vfs libnfs-utils        # NFS export + client
   tgt libiscsi-bin                                # iSCSI target + clients (iscsi-test-cu)
   qemu-system-x86 qemu-utils qemu-block-extra     # appliance VM, qemu-img (iscsi:// too)

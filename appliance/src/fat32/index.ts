@@ -8,9 +8,15 @@
  * The metadata is a snapshot taken here; file data is read from the source on demand. A file whose
  * size, mtime or inode changes afterwards reads as EIO (see docs/fat32.md, "Source changes").
  */
+import { promises as fsp } from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
+import { BridgeError } from '../../../shared/src/errors.js';
+import { logger } from '../../../shared/src/logger.js';
+import { DEFAULT_JOURNAL_NAME, Journal } from './journal.js';
 import { scanTree } from './tree.js';
 import { Fat32Volume, type Fat32Options } from './volume.js';
 
+export type { WriteBackReport } from './writeback.js';
 export { Fat32Volume, defaultDiskSize, defaultHeadroom, type Fat32Options, type Fat32Report } from './volume.js';
 export { MIN_DISK_SIZE, MAX_DISK_SIZE } from './layout.js';
 export type { LeftOut, Renamed, TreeSnapshot } from './tree.js';
@@ -18,6 +24,20 @@ export type { EntryTable, EntryView } from './entries.js';
 
 /** Scans `sourceDir` and builds the volume. Throws BridgeError EINVAL when the tree does not fit `size`. */
 export async function buildFat32Volume(sourceDir: string, options: Fat32Options = {}): Promise<Fat32Volume> {
-  const snapshot = await scanTree(sourceDir);
+  let skipRootName: string | undefined;
+  if (options.writeBack) {
+    const source = resolve(sourceDir);
+    const journalDir = resolve(options.journalDir ?? join(source, DEFAULT_JOURNAL_NAME));
+    // Staged files are renamed into the tree: the journal must live on the source's file system.
+    const [srcDev, jDev] = await Promise.all([fsp.stat(source), fsp.stat(dirname(journalDir))]).then((s) => s.map((st) => st.dev));
+    if (srcDev !== jDev) throw new BridgeError('EINVAL', `write-back journal ${journalDir} must be on the file system of the source ${source}`);
+    const journal = new Journal(journalDir, source, (options.log ?? logger()).child({ component: 'fat32' }));
+    // A plan a crash interrupted is completed before the tree is scanned.
+    await journal.recover();
+    if (journal.inSource) skipRootName = basename(journalDir);
+    options = { ...options, journalDir };
+    sourceDir = source;
+  }
+  const snapshot = await scanTree(sourceDir, { skipRootName });
   return new Fat32Volume(snapshot, options);
 }

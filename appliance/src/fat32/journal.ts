@@ -16,7 +16,7 @@
  * without a plan.json the directory is stale staging and is removed.
  */
 import { constants as fsc, promises as fsp } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { BridgeError, errorMessage } from '../../../shared/src/errors.js';
 import type { Logger } from '../../../shared/src/logger.js';
 import { applyOp, syncTouched, type ApplyContext, type Op } from './apply.js';
@@ -39,11 +39,18 @@ async function fsyncPath(path: string): Promise<void> {
 }
 
 export class Journal {
+  /** True when the journal directory is a child of the source root (the scan and the parse keep its name out of the volume). */
+  readonly inSource: boolean;
+  readonly name: string;
+
   constructor(
     readonly dir: string,
     readonly sourceRoot: string,
     private readonly log: Logger,
-  ) {}
+  ) {
+    this.inSource = dirname(dir) === sourceRoot;
+    this.name = basename(dir);
+  }
 
   get blobPath(): string {
     return join(this.dir, 'blob');

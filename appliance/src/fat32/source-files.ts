@@ -89,6 +89,18 @@ export class SourceFiles {
     }
   }
 
+  /**
+   * The write-back changed or removed this entry's source file: close its cached descriptor (reads
+   * open the file again, by its current identity) and clear its change mark.
+   */
+  forget(entry: number): void {
+    this.changed.delete(entry);
+    const slot = this.slots.get(entry);
+    if (!slot) return;
+    this.slots.delete(entry);
+    if (slot.refs === 0) this.closeFd(slot);
+  }
+
   /** Closes every cached descriptor. */
   async close(): Promise<void> {
     await Promise.all([...this.opening.values()].map((p) => p.catch(() => undefined)));

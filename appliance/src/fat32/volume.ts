@@ -21,6 +21,10 @@ import { SourceFiles, type SourceIoMode } from './source-files.js';
 import { FLAG_LFN } from './entries.js';
 import { lfnSlots } from './names.js';
 import { entryPath, sourcePath, type LeftOut, type Renamed, type TreeSnapshot } from './tree.js';
+import { DEFAULT_JOURNAL_NAME, Journal } from './journal.js';
+import { Overlay } from './overlay.js';
+import { WriteBack, type WriteBackReport } from './writeback.js';
+import { join } from 'node:path';
 
 export interface Fat32Options {
   /** Size of the whole disk in bytes (rounded down to a sector); default: see defaultDiskSize. */
@@ -40,6 +44,13 @@ export interface Fat32Options {
    * served by someone else (the `fat32 serve` CLI on a plain directory) may choose it.
    */
   ioMode?: SourceIoMode;
+  /**
+   * Accept host writes and apply them to the source tree at each flush (docs/fat32.md, "Write path").
+   * Default false: the volume is read-only and writes throw EROFS.
+   */
+  writeBack?: boolean;
+  /** Write-back journal directory, on the source's file system (default SOURCE/.bridge-fat32). */
+  journalDir?: string;
   log?: Logger;
 }
 
@@ -62,6 +73,8 @@ export interface Fat32Report {
   renamed: Renamed[];
   /** Files that changed in the source after the snapshot: their data reads fail with EIO. */
   changed: { path: string; detail: string }[];
+  /** Write-back state; undefined on a read-only volume. */
+  writeBack?: WriteBackReport;
 }
 
 /** Headroom of the default size: 10% of what the tree uses, at least 256 MiB. */
@@ -103,7 +116,7 @@ const DIR_CACHE_BYTES = 8 * MIB;
 export class Fat32Volume implements BlockDevice {
   readonly size: number;
   readonly blockSize = 4096;
-  readonly capabilities: BlockCapabilities = { writable: false, trim: false, persistent: false, resizable: false };
+  readonly capabilities: BlockCapabilities;
   readonly geometry: Geometry;
   readonly label: string;
   readonly volumeId: number;
@@ -117,6 +130,8 @@ export class Fat32Volume implements BlockDevice {
   private readonly life = new Lifecycle();
   private readonly log: Logger;
   private readonly syncIo: boolean;
+  private readonly overlay = new Overlay();
+  private readonly writeback: WriteBack | undefined;
 
   constructor(
     readonly snapshot: TreeSnapshot,
@@ -145,6 +160,8 @@ export class Fat32Volume implements BlockDevice {
     this.regions = this.buildRegions();
     this.files = new SourceFiles(
       (i) => {
+        const current = this.writeback?.identity(i);
+        if (current) return current;
         const t = snapshot.entries;
         return { path: this.pathOf(i), size: t.size[i]!, mtimeMs: t.mtimeMs[i]!, ino: t.ino[i]! };
       },
@@ -153,6 +170,23 @@ export class Fat32Volume implements BlockDevice {
       options.maxOpenFiles ?? 64,
     );
     this.syncIo = (options.ioMode ?? 'async') === 'sync';
+    this.capabilities = { writable: options.writeBack === true, trim: false, persistent: false, resizable: false };
+    if (options.writeBack) {
+      const journal = new Journal(options.journalDir ?? join(snapshot.source, DEFAULT_JOURNAL_NAME), snapshot.source, this.log);
+      this.writeback = new WriteBack(
+        {
+          geometry: g,
+          snapshot,
+          overlay: this.overlay,
+          mbr: this.fixed[0]!,
+          reserved: this.fixed[1]!,
+          readView: (t, o) => this.readView(t, o),
+          forget: (e) => this.files.forget(e),
+        },
+        journal,
+        this.log,
+      );
+    }
     this.log.info('FAT32 volume built', {
       source: snapshot.source,
       size: this.size,
@@ -215,6 +249,19 @@ export class Fat32Volume implements BlockDevice {
   async read(target: Uint8Array, offset: number): Promise<void> {
     this.life.check();
     if (!checkIo(this, offset, target.length, false)) return;
+    // While a flush changes the source, reads wait: the source is never read half-changed.
+    while (this.writeback?.busy) await this.writeback.busy.catch(() => undefined);
+    await this.readView(target, offset);
+  }
+
+  /** The host's view: synthesized bytes with the sectors it wrote on top. */
+  private async readView(target: Uint8Array, offset: number): Promise<void> {
+    await this.readBase(target, offset);
+    this.overlay.patch(target, offset);
+  }
+
+  /** The synthesized bytes. */
+  private async readBase(target: Uint8Array, offset: number): Promise<void> {
     const r = this.regions;
     const end = offset + target.length;
     const pending: Promise<void>[] = [];
@@ -238,7 +285,13 @@ export class Fat32Volume implements BlockDevice {
           break;
         case RegionKind.File: {
           const entry = r.owner[i]!;
-          const size = this.snapshot.entries.size[entry]!;
+          // After write-back the snapshot file may have moved, shrunk or gone (its clusters read as zeros).
+          const current = this.writeback?.identity(entry);
+          if (current === null) {
+            part.fill(0);
+            break;
+          }
+          const size = current ? current.size : this.snapshot.entries.size[entry]!;
           // File bytes at `within`; past the file's end (the rest of its last cluster) zeros.
           const valid = Math.max(0, Math.min(n, size - within));
           if (valid < n) part.fill(0, valid);
@@ -336,29 +389,41 @@ export class Fat32Volume implements BlockDevice {
       leftOut: s.leftOut,
       renamed: s.renamed,
       changed: [...this.files.changed].map(([i, detail]) => ({ path: entryPath(s.entries, i), detail })),
+      ...(this.writeback ? { writeBack: this.writeback.report() } : {}),
     };
   }
 
   async write(data: Uint8Array, offset: number): Promise<void> {
     this.life.check();
-    checkIo(this, offset, data.length, true);
+    if (!checkIo(this, offset, data.length, true)) return;
+    const wb = this.writeback!;
+    while (wb.busy) await wb.busy.catch(() => undefined);
+    await this.overlay.write(data, offset, (buf, off) => this.readBase(buf, off));
+    wb.markWritten(offset, data.length);
   }
 
+  /** Applies the host's writes to the source (write-back) and returns once they are durable there. */
   async flush(): Promise<void> {
     this.life.check();
+    await this.writeback?.flush();
   }
 
+  /** No storage to release: same as zero. */
   async trim(offset: number, length: number): Promise<void> {
-    this.life.check();
-    checkIo(this, offset, length, true);
+    await this.zero(offset, length);
   }
 
   async zero(offset: number, length: number): Promise<void> {
     this.life.check();
-    checkIo(this, offset, length, true);
+    if (!checkIo(this, offset, length, true)) return;
+    const chunk = Buffer.alloc(Math.min(length, 1024 * 1024));
+    for (let done = 0; done < length; done += chunk.length) await this.write(chunk.subarray(0, Math.min(chunk.length, length - done)), offset + done);
   }
 
   async close(): Promise<void> {
+    if (this.life.isClosed) return;
+    // Apply what the host wrote before it went away (as a flush would).
+    if (this.writeback) await this.writeback.flush().catch((e: unknown) => this.log.error('write-back at close failed', { error: String(e) }));
     if (!this.life.close()) return;
     this.dirCache.clear();
     await this.files.close();

@@ -63,7 +63,13 @@ function install(): void {
   process.on('SIGINT', () => void shutdown('SIGINT'));
   process.on('SIGTERM', () => void shutdown('SIGTERM'));
   process.on('SIGHUP', () => void shutdown('SIGHUP'));
+  // A closed stdout/stderr (the parent went away) must not become a fatal error that logs to the
+  // same closed stream, forever.
+  for (const stream of [process.stdout, process.stderr]) stream.on('error', () => undefined);
+  let fatalSeen = false;
   const fatal = (e: unknown): void => {
+    if (fatalSeen) return;
+    fatalSeen = true;
     logger().error('fatal error', { error: errorMessage(e), stack: e instanceof Error ? e.stack : undefined });
     void shutdown('fatal error', 1).finally(() => {
       for (const c of cleanups) if (c.mountpoint) emergencyUnmount(c.mountpoint);
