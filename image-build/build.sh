@@ -32,7 +32,7 @@ progress() { step=$((step + 1)); echo "[$step/$steps] $*" >&2; }
 die() { echo "build.sh: $*" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "must run as root (debootstrap and chroot)"
-for tool in debootstrap mkfs.ext4 mkfs.fat mcopy sfdisk cpio zstd node npm sha256sum apt-get dpkg; do
+for tool in flock debootstrap mkfs.ext4 mkfs.fat mcopy sfdisk cpio zstd node npm sha256sum apt-get dpkg; do
   command -v "$tool" >/dev/null || die "missing tool on the host: $tool"
 done
 mkdir -p "$out"
@@ -40,7 +40,7 @@ out=$(cd "$out" && pwd)
 
 # --- inputs --------------------------------------------------------------------------------------
 progress "checking inputs"
-if [ "$compile" = 1 ]; then (cd "$repo" && npx tsc -b appliance) || die "the agent does not compile (npx tsc -b appliance)"; fi
+if [ "$compile" = 1 ]; then (cd "$repo" && npx tsc -b appliance >&2) || die "the agent does not compile (npx tsc -b appliance)"; fi
 [ -f "$repo/dist/appliance/src/cli.js" ] || die "no built agent in $repo/dist (run npx tsc -b)"
 
 # The mirror the host's apt uses (deb822 or one-line format); BRIDGE_DEBIAN_MIRROR overrides it.
@@ -72,6 +72,11 @@ bridge_version=$(sed -n "s/^export const VERSION = '\(.*\)';/\1/p" "$repo/shared
 [ -n "$bridge_version" ] || die "cannot read VERSION from shared/src/version.ts"
 image_version="$bridge_version+${hash:0:12}"
 dest=$out/$hash
+
+# One build at a time per cache directory (tests and engineers share it); a waiting build then
+# usually finds its image cached.
+exec 9>"$out/.lock"
+flock 9
 
 if [ "$force" = 0 ] && [ -f "$dest/manifest.json" ]; then
   echo "[$steps/$steps] cached: $dest (image $image_version)" >&2

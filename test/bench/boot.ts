@@ -1,5 +1,5 @@
 /**
- * `npm run bench -- boot [--runs N] [--secret-via socket|cli] [--cpus N]`: wall time from launching
+ * `npm run bench -- boot [--runs N] [--secret-via socket|cli] [--cpus N] [--no-compile]`: wall time from launching
  * QEMU (TCG) to the first successful smbclient listing of an ext4 disk exported by the appliance, with
  * the phases in between, and the image's compressed size; beside the published figures of peers.
  * The SMB password is pushed as soon as the agent's control socket exists: over an SSH-forwarded
@@ -41,7 +41,7 @@ export async function run(args: string[]): Promise<void> {
   const runs = Number(arg(args, '--runs', '1'));
   const via = arg(args, '--secret-via', 'socket');
   const cpus = Number(arg(args, '--cpus', '2'));
-  const image = await buildImage();
+  const image = await buildImage(args.includes('--no-compile') ? ['--no-compile'] : []);
   const m = image.manifest;
   process.stdout.write(
     `image ${m.version}: build/cache check ${(image.buildMs / 1000).toFixed(1)} s, compressed ${(m.compressedSize / 1e6).toFixed(0)} MB (zstd -3), disk ${(m.sizes.disk! / 1e6).toFixed(0)} MB\n`,

@@ -35,7 +35,7 @@ describe('bridge-agent fat32 serve (FUSE)', () => {
     tree = await makeMixedTree(src, 2048, 99);
     child = spawn(
       process.execPath,
-      [CLI, 'fat32', 'serve', '--source', src, '--size', '256M', '--label', 'served', '--json', '--report-file', join(dir, 'report.json'), mnt],
+      [CLI, 'fat32', 'serve', '--source', src, '--read-only', '--size', '256M', '--label', 'served', '--json', '--report-file', join(dir, 'report.json'), mnt],
       {
         stdio: ['ignore', 'pipe', 'pipe'],
       },

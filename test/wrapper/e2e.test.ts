@@ -7,7 +7,7 @@
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { StatusEntry } from '../../wrapper/src/instance.js';
 import { bridge, findManifest, makeEnv, run } from './e2e-helpers.js';
 
@@ -23,17 +23,19 @@ describe.skipIf(!manifest)('bridge start/status/stop with the appliance (QEMU TC
     rmSync(root, { recursive: true, force: true });
   });
 
-  it('exports an ext4 disk over SMB, NFS and FAT32-over-iSCSI, changes the cache live, stops cleanly', { timeout: 900_000 }, async () => {
+  const blob = randomBytes(200_000);
+  let entry: StatusEntry;
+  const url = (p: string): URL => new URL(entry.endpoints.find((e) => e.protocol === p && e.health === 'ok')!.url);
+
+  beforeAll(async () => {
     const tree = join(root, 'tree');
     mkdirSync(join(tree, 'sub'), { recursive: true });
-    const blob = randomBytes(200_000);
     writeFileSync(join(tree, 'hello.txt'), 'hello from ext4\n');
     writeFileSync(join(tree, 'sub', 'blob.bin'), blob);
     const img = join(root, 'data.img');
     expect((await run('mkfs.ext4', ['-q', '-F', '-d', tree, img, '32M'])).code).toBe(0);
     const pwFile = join(root, 'pw');
     writeFileSync(pwFile, password + '\n', { mode: 0o600 });
-
     const start = await bridge(
       [
         'start',
@@ -58,15 +60,19 @@ describe.skipIf(!manifest)('bridge start/status/stop with the appliance (QEMU TC
     );
     expect(start.code, start.stderr).toBe(0);
     expect(start.stdout).not.toContain(password); // a given password is never echoed
-
     const status = await bridge(['status', '--json'], env);
     expect(status.code, status.stderr).toBe(0);
-    const entry = (JSON.parse(status.stdout) as StatusEntry[]).find((e) => e.name === name)!;
+    entry = (JSON.parse(status.stdout) as StatusEntry[]).find((e) => e.name === name)!;
+  }, 600_000);
+
+  it('reports the instance with its exports as host URLs', () => {
     expect(entry).toMatchObject({ state: 'running', hypervisor: 'qemu' });
     expect(entry.uptimeSeconds).toBeGreaterThanOrEqual(0);
-    const url = (p: string): URL => new URL(entry.endpoints.find((e) => e.protocol === p && e.health === 'ok')!.url);
+    expect(entry.endpoints.map((e) => `${e.protocol}:${e.health}`).sort()).toEqual(['iscsi:ok', 'nfs:ok', 'smb:ok']);
+    for (const e of entry.endpoints) expect(e.url).toMatch(new RegExp(`^${e.protocol}://127\\.0\\.0\\.1:\\d+/`));
+  });
 
-    // SMB
+  it('serves the files over SMB to the right password only', async () => {
     const smb = url('smb');
     const got = join(root, 'got.txt');
     const smbGet = await run('smbclient', [`//${smb.hostname}${smb.pathname}`, '-p', smb.port, '-U', 'tester', '-c', `get hello.txt ${got}`], {
@@ -80,16 +86,18 @@ describe.skipIf(!manifest)('bridge start/status/stop with the appliance (QEMU TC
       PASSWD: 'wrong-password',
     });
     expect(wrong.code).not.toBe(0);
+  });
 
-    // NFS
+  it('serves the files over NFSv4', async () => {
     const nfs = url('nfs');
     const nfsBase = `nfs://${nfs.hostname}${nfs.pathname}`;
     const cat = await run('nfs-cat', [`${nfsBase}/hello.txt?version=4&nfsport=${nfs.port}`]);
     expect(cat.stdout, cat.stderr).toBe('hello from ext4\n');
     const ls = await run('nfs-ls', [`${nfsBase}/sub?version=4&nfsport=${nfs.port}`]);
     expect(ls.stdout).toContain('blob.bin');
+  });
 
-    // iSCSI: the FAT32 volume, copied whole with qemu-img, read with mtools at its partition's offset
+  it('serves the tree as a FAT32 volume over iSCSI (qemu-img copy read with mtools)', async () => {
     const iscsi = entry.endpoints.find((e) => e.protocol === 'iscsi')!;
     const copy = join(root, 'fat.img');
     const conv = await run(
@@ -99,20 +107,25 @@ describe.skipIf(!manifest)('bridge start/status/stop with the appliance (QEMU TC
       180_000,
     );
     expect(conv.code, conv.stderr).toBe(0);
-    const mbr = readFileSync(copy).subarray(0, 512);
-    const offset = mbr.readUInt32LE(446 + 8) * 512;
+    const offset =
+      readFileSync(copy)
+        .subarray(0, 512)
+        .readUInt32LE(446 + 8) * 512;
     const mtype = await run('mtype', ['-i', `${copy}@@${offset}`, '::/hello.txt']);
     expect(mtype.stdout, mtype.stderr).toBe('hello from ext4\n');
     const blobCopy = join(root, 'blob.copy');
     expect((await run('mcopy', ['-i', `${copy}@@${offset}`, '::/sub/blob.bin', blobCopy])).code).toBe(0);
     expect(readFileSync(blobCopy).equals(blob)).toBe(true);
+    rmSync(copy);
+  });
 
-    // live change
+  it('changes the cache size live', async () => {
     const cfg = await bridge(['config', 'set', 'cache-size', '64M', '--name', name, '--json'], env);
     expect(cfg.code, cfg.stderr).toBe(0);
     expect(JSON.parse(cfg.stdout)).toEqual({ name, cacheSize: 64 * 1024 * 1024 });
+  });
 
-    // stop: nothing left
+  it('stops and leaves nothing running', async () => {
     const stop = await bridge(['stop', name, '--json'], env, 120_000);
     expect(stop.code, stop.stderr).toBe(0);
     const after = JSON.parse((await bridge(['status', '--json'], env)).stdout) as StatusEntry[];

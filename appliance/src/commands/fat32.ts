@@ -4,7 +4,7 @@
  * volume would hold and what it leaves out, without serving.
  */
 import { Option, type Command } from 'commander';
-import { promises as fsp } from 'node:fs';
+import { constants as fsc, promises as fsp } from 'node:fs';
 import { resolve } from 'node:path';
 import { formatSize } from '../../../shared/src/size.js';
 import { buildFat32Volume, type Fat32Options, type Fat32Report, type Fat32Volume } from '../fat32/index.js';
@@ -20,6 +20,8 @@ interface Fat32CommandOptions {
   json?: boolean;
   reportFile?: string;
   sourceIo?: 'sync' | 'async';
+  readOnly?: boolean;
+  journal?: string;
 }
 
 function summary(r: Fat32Report): string {
@@ -30,6 +32,13 @@ function summary(r: Fat32Report): string {
   if (r.leftOut.length) lines.push(`left out (${r.leftOut.length}):`, ...r.leftOut.map((l) => `  ${l.path}: ${l.reason}`));
   if (r.renamed.length) lines.push(`renamed (${r.renamed.length}):`, ...r.renamed.map((l) => `  ${l.path} -> ${l.name}`));
   if (r.changed.length) lines.push(`changed since the snapshot, reads fail (${r.changed.length}):`, ...r.changed.map((l) => `  ${l.path}: ${l.detail}`));
+  const wb = r.writeBack;
+  if (wb) {
+    lines.push(`write-back to the source at each flush (journal ${wb.journal})`);
+    if (wb.suspended) lines.push(`  suspended: ${wb.suspended}`);
+    if (wb.held) lines.push(`  held (volume not consistent):`, ...wb.held.map((h) => `    ${h}`));
+    if (wb.conflicts.length) lines.push(`  conflicts (${wb.conflicts.length}):`, ...wb.conflicts.map((c) => `    ${c.path}: ${c.detail}`));
+  } else lines.push('read-only');
   return lines.join('\n');
 }
 
@@ -49,7 +58,9 @@ const volumeOptions = (o: Fat32CommandOptions): Fat32Options => ({
 });
 
 export function register(program: Command): void {
-  const fat32 = program.command('fat32').description('a FAT32-on-MBR disk synthesized from a directory tree (read-only; file data read on demand)');
+  const fat32 = program
+    .command('fat32')
+    .description('a FAT32-on-MBR disk synthesized from a directory tree (file data read on demand; host writes applied to the tree)');
 
   fat32
     .command('serve')
@@ -63,7 +74,9 @@ export function register(program: Command): void {
         .choices(['sync', 'async'])
         .default('sync'),
     )
-    .option('--report-file <path>', 'write the JSON report here when ready, and again whenever a source file is found changed')
+    .option('--read-only', 'refuse every write to the disk (EROFS); default: write host changes back when the source is writable')
+    .option('--journal <dir>', 'write-back journal directory, on the source file system (default SOURCE/.bridge-fat32)')
+    .option('--report-file <path>', 'write the JSON report here when ready, and again whenever a source file is found changed or the write-back state changes')
     .option('--json', 'print the served file and the report as JSON once ready')
     .argument('<mountpoint>', 'directory to mount on (created when missing; a stale mount is cleared)')
     .addHelpText(
@@ -75,14 +88,30 @@ Examples:
   bridge-agent fat32 serve --source /srv/data --size 64G --label DATA --report-file /run/fat.json /mnt/fat
 
 The metadata is a snapshot taken at start; a file changed in the source afterwards reads as an I/O
-error (listed under "changed" in the report) rather than as torn data.`,
+error (listed under "changed" in the report) rather than as torn data.
+
+Writes: unless --read-only (or the source is not writable), what a host writes to the disk is applied
+to the source tree at each flush (fsync or close of disk.img, SCSI SYNCHRONIZE CACHE): new, changed,
+renamed and deleted files and directories, modification times and the read-only attribute. A format
+or boot-sector rewrite suspends the write-back; see docs/fat32.md, "Write path".`,
     )
     .action(
       action(async (mountpoint: string, opts: Fat32CommandOptions) => {
-        const vol = await buildFat32Volume(resolve(opts.source), volumeOptions(opts));
+        const source = resolve(opts.source);
+        const writable =
+          !opts.readOnly &&
+          (await fsp.access(source, fsc.W_OK).then(
+            () => true,
+            () => false,
+          ));
+        const vol = await buildFat32Volume(source, {
+          ...volumeOptions(opts),
+          writeBack: writable,
+          ...(opts.journal ? { journalDir: resolve(opts.journal) } : {}),
+        });
         let file: BlockFile;
         try {
-          file = await BlockFile.expose(vol, mountpoint, { readOnly: true, fsname: 'bridge-fat32' });
+          file = await BlockFile.expose(vol, mountpoint, { readOnly: !writable, fsname: 'bridge-fat32' });
         } catch (e) {
           await vol.close();
           throw e;
@@ -92,11 +121,12 @@ error (listed under "changed" in the report) rather than as torn data.`,
         if (reportFile) {
           await writeReport(reportFile, vol);
           // Keep the file current when reads find changed source files (checked at most once a second).
-          let written = 0;
+          let written = '';
           const timer = setInterval(() => {
-            const n = vol.report().changed.length;
-            if (n !== written) {
-              written = n;
+            const r = vol.report();
+            const key = JSON.stringify([r.changed.length, r.writeBack?.held, r.writeBack?.suspended, r.writeBack?.conflicts.length, r.writeBack?.flushes]);
+            if (key !== written) {
+              written = key;
               void writeReport(reportFile, vol);
             }
           }, 1000);
@@ -106,7 +136,7 @@ error (listed under "changed" in the report) rather than as torn data.`,
         const report = vol.report();
         output(
           opts.json ?? false,
-          { file: file.path, size: vol.size, writable: false, report },
+          { file: file.path, size: vol.size, writable, report },
           () => `serving ${file.path}\n${summary(report)}\nstop with Ctrl-C or SIGTERM`,
         );
         await untilShutdown();

@@ -11,7 +11,6 @@ import { BridgeError, errorMessage } from '../../../shared/src/errors.js';
 import { configureLogger, logger, type LogLevel } from '../../../shared/src/logger.js';
 import { CONTROL_SOCKET, type AgentStatus, type ControlRequest } from '../../../shared/src/protocol.js';
 import { formatSize, parseSize } from '../../../shared/src/size.js';
-import { Agent } from '../daemon/agent.js';
 import { controlRequest, listenControl } from '../daemon/control.js';
 import { onShutdown, shutdown, untilShutdown } from '../process/shutdown.js';
 import { action, output } from './common.js';
@@ -101,6 +100,8 @@ export function register(program: Command): void {
           .readFile('/etc/bridge-image-version', 'utf8')
           .then((t) => t.trim())
           .catch(() => process.env.BRIDGE_IMAGE_VERSION);
+        // Loaded here so that the client commands (status, secret, ...) start without the daemon's modules.
+        const { Agent } = await import('../daemon/agent.js');
         const agent = new Agent(config, { log, configPath: opts.config, ...(imageVersion ? { imageVersion } : {}) });
         onShutdown('agent', () => agent.stop());
         const handle = async (req: ControlRequest): Promise<unknown> => {

@@ -98,12 +98,16 @@ export class Agent {
     const disks = await Promise.all(
       this.config.sources.filter((s) => s.kind === 'disk').map((s) => resolveDiskPath((s as { path: string }).path).catch(() => undefined)),
     );
-    await clearLeftovers(
-      this.layout,
-      disks.filter((d): d is string => !!d),
-      this.log,
-    );
-    for (const d of [this.layout.blocks, this.layout.trees]) await fsp.mkdir(d, { recursive: true, mode: 0o700 });
+    // In the queue, so that a secret pushed over the (already open) control socket cannot start a
+    // reconcile whose fresh mounts the leftover sweep would then take for a dead agent's.
+    await this.exclusive(async () => {
+      await clearLeftovers(
+        this.layout,
+        disks.filter((d): d is string => !!d),
+        this.log,
+      );
+      for (const d of [this.layout.blocks, this.layout.trees]) await fsp.mkdir(d, { recursive: true, mode: 0o700 });
+    });
     await this.reconcile();
     this.started = true;
     const s = this.status();

@@ -15,8 +15,8 @@ import { BlockFile } from '../fuse/block-file.js';
 import { kernelMount } from '../stages/mount.js';
 import { directoryTree, type Tree } from '../tree/tree.js';
 import { hostname } from 'node:os';
-import { buildFat32Volume } from '../fat32/index.js';
-import { openStore, type ChunkStoreDevice, type OpenStoreOptions } from '../store/index.js';
+// The store and the FAT32 synthesis load only when a config uses them (start-up time in the appliance).
+import type { ChunkStoreDevice, OpenStoreOptions } from '../store/index.js';
 
 export type Value =
   | { kind: 'tree'; tree: Tree }
@@ -120,6 +120,7 @@ export async function buildSource(s: SourceConfig, ctx: BuildContext): Promise<B
  * the runtime directory is ours and no other agent runs. Locks of live or remote holders are kept.
  */
 async function openStoreBreakingOwnLock(o: OpenStoreOptions, log: Logger): Promise<ChunkStoreDevice> {
+  const { openStore } = await import('../store/index.js');
   try {
     return await openStore(o);
   } catch (e) {
@@ -163,6 +164,7 @@ export async function buildStage(s: StageConfig, from: Value, fromName: string, 
     }
     case 'fat32': {
       if (from.kind !== 'tree') throw new BridgeError('CONFIG', `stage "${s.name}": synthesizes FAT32 from a tree, but "${fromName}" is a block device`);
+      const { buildFat32Volume } = await import('../fat32/index.js');
       const device = await buildFat32Volume(from.tree.path, { ...(s.size !== undefined ? { size: s.size } : {}), ...(s.label ? { label: s.label } : {}) });
       return { value: { kind: 'block', device }, details: { from: fromName, size: device.size, report: safeReport(device.report) } };
     }

@@ -118,7 +118,7 @@ export async function applyOp(o: Op, ctx: ApplyContext): Promise<void> {
       }
       try {
         const chunk = Buffer.alloc(Math.min(o.length, 1024 * 1024));
-        for (let done = 0; done < o.length; ) {
+        for (let done = 0; done < o.length;) {
           const n = Math.min(chunk.length, o.length - done);
           const { bytesRead } = await src.read(chunk, 0, n, o.blobOffset + done);
           if (bytesRead !== n) throw new BridgeError('EIO', `write-back blob ${ctx.blob} is shorter than its plan says`);

@@ -161,7 +161,14 @@ export async function makePlan(input: PlanInput): Promise<PlanResult> {
   const { old, parsed, g, dirty, read, journal, sourceRoot } = input;
   const cs = g.clusterSize;
   const abs = (n: VNode): string => join(sourceRoot, relPath(n));
-  const result: PlanResult = { ops: [], root: undefined as unknown as VNode, conflicts: [], restat: [], touchedSnaps: [], counts: { created: 0, deleted: 0, moved: 0, written: 0, bytes: 0 } };
+  const result: PlanResult = {
+    ops: [],
+    root: undefined as unknown as VNode,
+    conflicts: [],
+    restat: [],
+    touchedSnaps: [],
+    counts: { created: 0, deleted: 0, moved: 0, written: 0, bytes: 0 },
+  };
 
   // 1. Match the host's entries to applied ones.
   const oldByCluster = new Map<number, VNode>();
@@ -279,7 +286,12 @@ export async function makePlan(input: PlanInput): Promise<PlanResult> {
   let blobSize = 0;
   const buf = Buffer.alloc(Math.max(cs, 256 * 1024));
   /** Copies clusters [from, from + count) of a chain list to `sink(offsetInFile, bytes)`, within `size`. */
-  const copyClusters = async (clusters: number[], indices: number[], size: number, sink: (fileOffset: number, data: Buffer) => Promise<void>): Promise<void> => {
+  const copyClusters = async (
+    clusters: number[],
+    indices: number[],
+    size: number,
+    sink: (fileOffset: number, data: Buffer) => Promise<void>,
+  ): Promise<void> => {
     for (const i of indices) {
       const len = Math.min(cs, size - i * cs);
       if (len <= 0) continue;
@@ -293,6 +305,30 @@ export async function makePlan(input: PlanInput): Promise<PlanResult> {
     if (dirty.size === 0) return false;
     for (const d of dirty) for (let i = 0; i < runs.length; i += 2) if (d >= runs[i]! && d < runs[i]! + runs[i + 1]!) return true;
     return false;
+  };
+  /** The indices among `indices` whose view bytes differ from the file at `path` (all of them when it cannot be read). */
+  const differing = async (path: string, clusters: number[], indices: number[], size: number): Promise<number[]> => {
+    if (indices.length === 0) return [];
+    let fh: import('node:fs/promises').FileHandle;
+    try {
+      fh = await fsp.open(path, 'r');
+    } catch {
+      return indices;
+    }
+    const out: number[] = [];
+    const theirs = Buffer.alloc(cs);
+    try {
+      for (const i of indices) {
+        const len = Math.min(cs, size - i * cs);
+        const ours = buf.subarray(0, len);
+        await read(ours, clusterOffset(g, clusters[i]!));
+        const { bytesRead } = await fh.read(theirs, 0, len, i * cs);
+        if (bytesRead !== len || !ours.equals(theirs.subarray(0, len))) out.push(i);
+      }
+    } finally {
+      await fh.close();
+    }
+    return out;
   };
   const placeOps: Op[] = [];
   const dataOps: Op[] = [];
@@ -358,10 +394,16 @@ export async function makePlan(input: PlanInput): Promise<PlanResult> {
       const newList = clusterList(node.runs, need);
       let k = 0;
       while (k < newList.length && k < oldList.length && newList[k] === oldList[k]) k++;
+      const rewritten: number[] = [];
       for (let i = 0; i < newList.length; i++) {
         const grewInto = node.size > m.size && i === Math.floor(m.size / cs) && m.size % cs !== 0;
-        if (i >= k || grewInto || dirty.has(newList[i]!)) indices.push(i);
+        if (i >= k || grewInto) indices.push(i);
+        else if (dirty.has(newList[i]!)) rewritten.push(i);
       }
+      // Clusters only marked written (a host writes whole pages, which may span a neighbour's cluster,
+      // or rewrites the same bytes): copied only when they differ from the source.
+      indices.push(...(await differing(abs(m), newList, rewritten, node.size)));
+      indices.sort((x, y) => x - y);
     }
     if (indices.length === 0 && node.size === m.size && !timesChanged && !roChanged) continue;
     // The source file must still be what the write-back last saw (checked at its old path: nothing moved yet).
@@ -370,7 +412,9 @@ export async function makePlan(input: PlanInput): Promise<PlanResult> {
     if (!st || !st.isFile() || (id && (st.ino !== id.ino || st.size !== id.size || st.mtimeMs !== id.mtimeMs))) {
       result.conflicts.push({
         path: relPath(node),
-        detail: st ? "changed in the source since the volume showed it: the host's change is not applied" : "gone from the source: the host's change is not applied",
+        detail: st
+          ? "changed in the source since the volume showed it: the host's change is not applied"
+          : "gone from the source: the host's change is not applied",
       });
       continue;
     }

@@ -31,6 +31,9 @@ export async function buildFat32Volume(sourceDir: string, options: Fat32Options 
     // Staged files are renamed into the tree: the journal must live on the source's file system.
     const [srcDev, jDev] = await Promise.all([fsp.stat(source), fsp.stat(dirname(journalDir))]).then((s) => s.map((st) => st.dev));
     if (srcDev !== jDev) throw new BridgeError('EINVAL', `write-back journal ${journalDir} must be on the file system of the source ${source}`);
+    if (journalDir.startsWith(source + '/') && dirname(journalDir) !== source) {
+      throw new BridgeError('EINVAL', `write-back journal ${journalDir} inside the source must be a direct child of ${source} (it is kept out of the volume)`);
+    }
     const journal = new Journal(journalDir, source, (options.log ?? logger()).child({ component: 'fat32' }));
     // A plan a crash interrupted is completed before the tree is scanned.
     await journal.recover();

@@ -62,13 +62,34 @@ export class Journal {
 
   /** Creates an empty journal directory for a new plan (removing leftovers of an aborted one). */
   async begin(): Promise<void> {
-    await fsp.rm(this.dir, { recursive: true, force: true });
+    await this.clear();
     await fsp.mkdir(this.dir, { recursive: true });
+  }
+
+  /**
+   * Removes the journal's own files, then the directory if that leaves it empty: a journal pointed at
+   * a directory that holds anything else never deletes it.
+   */
+  private async clear(): Promise<void> {
+    let names: string[];
+    try {
+      names = await fsp.readdir(this.dir);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw e;
+    }
+    for (const n of names) {
+      if (/^(blob|progress|plan\.json(\.tmp)?|new-\d+|mv-\d+)$/.test(n)) await fsp.rm(join(this.dir, n), { recursive: true, force: true });
+    }
+    await fsp.rmdir(this.dir).catch((e: NodeJS.ErrnoException) => {
+      if (e.code !== 'ENOENT' && e.code !== 'ENOTEMPTY' && e.code !== 'EEXIST') throw e;
+    });
   }
 
   /** Makes the plan durable; from here on it will be completed even across a crash. */
   async commit(ops: Op[]): Promise<void> {
     const plan: PlanFile = { version: 1, sourceRoot: this.sourceRoot, ops };
+    await fsp.mkdir(this.dir, { recursive: true });
     const tmp = join(this.dir, 'plan.json.tmp');
     const fh = await fsp.open(tmp, 'w');
     try {
@@ -101,7 +122,7 @@ export class Journal {
 
   /** Removes the journal directory (its plan is done or was never committed). */
   async finish(): Promise<void> {
-    await fsp.rm(this.dir, { recursive: true, force: true });
+    await this.clear();
     await fsyncPath(dirname(this.dir)).catch(() => undefined);
   }
 
@@ -116,7 +137,7 @@ export class Journal {
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
       // No committed plan: whatever is there is staging of a flush that was never acknowledged.
-      await fsp.rm(this.dir, { recursive: true, force: true });
+      await this.clear();
       return 0;
     }
     let plan: PlanFile;

@@ -5,7 +5,7 @@
  *
  * Anything a consistent FAT32 volume cannot hold is a *problem*: a chain that loops, crosses another
  * chain, leaves the data area or ends in a free cluster; a file whose chain is shorter than its size;
- * reserved attribute bits; names that are empty, `.`/`..`, contain `/` or NUL, exceed 255 bytes of
+ * reserved attribute bits; names that are empty, `.`/`..`, contain `/`, NUL or control characters, exceed 255 bytes of
  * UTF-8 or repeat (ignoring case) in one directory. The write-back applies nothing while the parse has
  * problems (docs/fat32.md, "Write path").
  */
@@ -85,6 +85,8 @@ export function badSourceName(name: string): string | undefined {
   if (name === '.' || name === '..') return `name "${name}"`;
   if (name.includes('/')) return 'name contains "/"';
   if (name.includes('\0')) return 'name contains NUL';
+  // eslint-disable-next-line no-control-regex
+  if (/[\u0001-\u001f]/.test(name)) return 'name contains a control character (FAT forbids them)';
   if (Buffer.byteLength(name, 'utf8') > 255) return 'name longer than 255 bytes of UTF-8';
   if (/[\uD800-\uDFFF]/.test(name) && !/^(?:[^\uD800-\uDFFF]|[\uD800-\uDBFF][\uDC00-\uDFFF])*$/.test(name)) return 'name holds an unpaired surrogate';
   return undefined;

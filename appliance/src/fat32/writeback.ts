@@ -104,7 +104,8 @@ export class WriteBack {
 
   /** Applies what the host wrote; one flush at a time. */
   flush(): Promise<void> {
-    const run = (this.flushing ?? Promise.resolve()).then(() => this.doFlush());
+    // After the flush before it, whether that one succeeded or not (its caller got its error).
+    const run = (this.flushing ?? Promise.resolve()).catch(() => undefined).then(() => this.doFlush());
     const tracked = run.finally(() => {
       if (this.flushing === tracked) this.flushing = undefined;
     });
@@ -133,7 +134,8 @@ export class WriteBack {
     const boot = Buffer.alloc(SECTOR);
     await h.readView(boot, h.geometry.partitionOffset);
     for (const [a, b] of BOOT_CHECKED) {
-      if (!boot.subarray(a, b).equals(h.reserved.subarray(a, b))) return `the boot sector was rewritten (bytes ${a}-${b - 1} differ: a format or geometry change)`;
+      if (!boot.subarray(a, b).equals(h.reserved.subarray(a, b)))
+        return `the boot sector was rewritten (bytes ${a}-${b - 1} differ: a format or geometry change)`;
     }
     return undefined;
   }

@@ -39,6 +39,8 @@ export class BlockFile {
   private readonly started = new Date();
   private nextFd = 1;
   private flushListeners: FlushListener[] = [];
+  /** Descriptors opened for writing: their close() flushes the device (tools like mtools never fsync). */
+  private readonly writers = new Set<number>();
 
   private constructor(
     readonly device: BlockDevice,
@@ -110,9 +112,14 @@ export class BlockFile {
       open: (path, flags, cb) => {
         if (path !== name) return cb(Fuse.ENOENT);
         if ((flags & O_ACCMODE) !== O_RDONLY && !this.writable) return cb(Fuse.EROFS);
-        cb(0, this.nextFd++);
+        const fd = this.nextFd++;
+        if ((flags & O_ACCMODE) !== O_RDONLY) this.writers.add(fd);
+        cb(0, fd);
       },
-      release: (_path, _fd, cb) => cb(0),
+      release: (_path, fd, cb) => {
+        this.writers.delete(fd);
+        cb(0);
+      },
       read: (_path, _fd, buf, len, pos, cb) => {
         const n = Math.max(0, Math.min(len, this.device.size - pos));
         if (n === 0) return cb(0);
@@ -139,8 +146,18 @@ export class BlockFile {
           (e: unknown) => cb(fail('flush', e)),
         );
       },
-      // close() of a file descriptor: nothing to make durable beyond what fsync promises.
-      flush: (_path, _fd, cb) => cb(0),
+      // close() of a descriptor opened for writing flushes the device, so a writer that never calls
+      // fsync (mtools) still has its writes made durable (and, for FAT32, applied) when close returns.
+      flush: (_path, fd, cb) => {
+        if (!this.writers.has(fd)) return cb(0);
+        this.device.flush().then(
+          () => {
+            this.flushListeners.forEach((l) => l());
+            cb(0);
+          },
+          (e: unknown) => cb(fail('flush', e)),
+        );
+      },
       // A block device has a fixed size: truncating to it (as `dd conv=notrunc` does not, but some
       // tools do with O_TRUNC) is accepted, other sizes are refused.
       truncate: (_path, size, cb) => cb(size === this.device.size ? 0 : Fuse.EINVAL),

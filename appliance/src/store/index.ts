@@ -18,7 +18,6 @@ import { BridgeError, errorMessage } from '../../../shared/src/errors.js';
 import { logger, type Logger } from '../../../shared/src/logger.js';
 import { CHUNK_PREFIX, chunkIndexOf, HEADER_KEY, parseStoreLocation, type ObjectBackend } from './backend.js';
 import { DirBackend } from './backend-dir.js';
-import { S3Backend } from './backend-s3.js';
 import { ChunkCache } from './cache.js';
 import { ChunkStore } from './chunks.js';
 import { ChunkCodec } from './codec.js';
@@ -85,7 +84,13 @@ export async function openBackend(o: StoreLocationOptions, create = false): Prom
   let raw: ObjectBackend =
     loc.kind === 'dir'
       ? await DirBackend.open(loc.path, create)
-      : new S3Backend({ bucket: loc.bucket, prefix: loc.prefix, ...(o.endpoint ? { endpoint: o.endpoint } : {}), ...(o.region ? { region: o.region } : {}) });
+      : // The AWS SDK is large: loaded only for S3 stores (agent start-up under TCG counts every module).
+        new (await import('./backend-s3.js')).S3Backend({
+          bucket: loc.bucket,
+          prefix: loc.prefix,
+          ...(o.endpoint ? { endpoint: o.endpoint } : {}),
+          ...(o.region ? { region: o.region } : {}),
+        });
   if (o.wrapBackend) raw = o.wrapBackend(raw);
   return new RetryingBackend(raw, { ...o.retry, log: (o.log ?? logger()).child({ component: 'store' }) });
 }
