@@ -36,3 +36,9 @@ if [[ ! -f node_modules/.bridge-lock-hash || "$(cat node_modules/.bridge-lock-ha
 fi
 
 npm run build
+
+# `npx bridge` must find our CLI before iproute2's /usr/sbin/bridge: npm does not link a package's
+# own bins, so link them where npx looks first.
+mkdir -p node_modules/.bin
+ln -sf ../../dist/wrapper/src/cli.js node_modules/.bin/bridge
+ln -sf ../../dist/appliance/src/cli.js node_modules/.bin/bridge-agent

@@ -24,7 +24,8 @@ export async function run(args: string[]): Promise<void> {
   await sh('dd', ['if=/dev/urandom', `of=${src}`, 'bs=1M', `count=${mib}`, 'status=none']);
   const agent = await startAgent(['expose', '--device', `memory:${mib + 16}M`, mnt], /serving/);
   const disk = join(mnt, 'disk.img');
-  const dd = (iff: string, of: string, extra: string[] = []): Promise<string> => sh('dd', [`if=${iff}`, `of=${of}`, 'bs=1M', `count=${mib}`, ...extra, 'status=none']);
+  const dd = (iff: string, of: string, extra: string[] = []): Promise<string> =>
+    sh('dd', [`if=${iff}`, `of=${of}`, 'bs=1M', `count=${mib}`, ...extra, 'status=none']);
   const rows: [string, number, number][] = [];
   try {
     for (let round = 0; round < 2; round++) {

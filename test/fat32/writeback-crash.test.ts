@@ -149,6 +149,7 @@ describe('FAT32 write-back: crashes and the boot sector (CLI, FUSE)', () => {
   });
 
   it('--read-only refuses writes (EROFS)', { timeout: 60_000 }, async () => {
+    await stop(served, mnt); // when the test before failed half-way
     served = await serve(src, mnt, ['--read-only']);
     expect(served.ready.writable).toBe(false);
     await expect(fsp.open(join(mnt, 'disk.img'), 'r+')).rejects.toMatchObject({ code: 'EROFS' });

@@ -15,6 +15,7 @@ import { applyOp, type Op } from '../../appliance/src/fat32/apply.js';
 import { buildFat32Volume, type Fat32Volume } from '../../appliance/src/fat32/index.js';
 import { Journal } from '../../appliance/src/fat32/journal.js';
 import { clusterOffset } from '../../appliance/src/fat32/layout.js';
+import { writeLfnEntries, writeShortEntry } from '../../appliance/src/fat32/dirent.js';
 import { Rng } from '../helpers/random.js';
 import { readTree } from './helpers.js';
 
@@ -109,6 +110,37 @@ describe('FAT32 write-back: hostile writes', () => {
     // And the volume reads the file back as the source holds it.
     expect(await read(clusterOffset(g, first), 6144)).toEqual(grown.subarray(0, 6144));
     expect(vol!.report().writeBack?.conflicts).toEqual([]);
+  });
+
+  it('keeps an entry whose chain is not written yet pending, and applies it once consistent', async () => {
+    const g = vol!.geometry;
+    const t = vol!.snapshot.entries;
+    const free = vol!.clusters.firstFree(g.clusterCount);
+    const slot = Buffer.alloc(3 * 32);
+    const name = 'Pending File.txt';
+    const at = writeLfnEntries(slot, 0, name, 'PENDIN~1TXT');
+    writeShortEntry(slot, at, {
+      name: 'PENDIN~1TXT',
+      attr: 0x20,
+      firstCluster: free,
+      size: 3000,
+      mtimeMs: Date.now(),
+      atimeMs: Date.now(),
+      birthtimeMs: Date.now(),
+    });
+    // The directory entry first, as a host may write it: its chain is still free in the FAT.
+    await vol!.write(slot, clusterOffset(g, 2) + t.dirSlots[0]! * 32);
+    await vol!.flush();
+    expect(vol!.report().writeBack?.held?.join('\n')).toMatch(/Pending File.txt: chain ends in a free cluster/);
+    await expectSourceUntouched();
+    // Then the data and the FAT: consistent, applied at the next flush.
+    const data = new Rng(8).bytes(3000);
+    await vol!.write(Buffer.concat([data, Buffer.alloc(4096 - 3000)]), clusterOffset(g, free));
+    await setFat(free, free + 1);
+    await setFat(free + 1, 0x0fffffff);
+    await vol!.flush();
+    expect(vol!.report().writeBack?.held).toBeUndefined();
+    expect(await fsp.readFile(join(src, name))).toEqual(data);
   });
 
   it('suspends write-back when the boot sector is zeroed, and keeps serving', async () => {

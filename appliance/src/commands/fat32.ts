@@ -111,7 +111,7 @@ or boot-sector rewrite suspends the write-back; see docs/fat32.md, "Write path".
         });
         let file: BlockFile;
         try {
-          file = await BlockFile.expose(vol, mountpoint, { readOnly: !writable, fsname: 'bridge-fat32' });
+          file = await BlockFile.expose(vol, mountpoint, { readOnly: !writable, fsname: 'bridge-fat32', flushOnClose: true });
         } catch (e) {
           await vol.close();
           throw e;

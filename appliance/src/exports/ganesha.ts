@@ -9,8 +9,7 @@ import { existsSync, promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { BridgeError } from '../../../shared/src/errors.js';
 import type { Logger } from '../../../shared/src/logger.js';
-import type { Health } from '../../../shared/src/protocol.js';
-import { Supervisor, waitForPort } from './supervisor.js';
+import { SupervisedServer, Supervisor, waitForPort } from './supervisor.js';
 import { render } from './templates.js';
 
 export interface NfsExport {
@@ -37,12 +36,13 @@ export function nfsPseudoPath(name: string): string {
   return `/${name}`;
 }
 
-export class GaneshaServer {
+export class GaneshaServer extends SupervisedServer {
   private readonly exports = new Map<string, NfsExport>();
-  private readonly supervisor: Supervisor;
+  protected readonly supervisor: Supervisor;
   readonly confPath: string;
 
   constructor(private readonly o: GaneshaOptions) {
+    super();
     this.confPath = join(o.dir, 'ganesha.conf');
     this.supervisor = new Supervisor({
       name: 'ganesha',
@@ -52,19 +52,6 @@ export class GaneshaServer {
       log: o.log,
       ready: () => waitForPort(o.address, o.port, 30_000),
     });
-  }
-
-  get health(): Health {
-    return this.supervisor.health;
-  }
-  get error(): string | undefined {
-    return this.supervisor.error;
-  }
-  get pid(): number | undefined {
-    return this.supervisor.pid;
-  }
-  get restarts(): number {
-    return this.supervisor.restartCount;
   }
 
   putExport(e: NfsExport): void {

@@ -8,10 +8,9 @@ import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { BridgeError } from '../../../shared/src/errors.js';
 import type { Logger } from '../../../shared/src/logger.js';
-import type { Health } from '../../../shared/src/protocol.js';
 import { killMatching } from './procs.js';
 import { run, tryRun } from './run.js';
-import { Supervisor, waitForPort } from './supervisor.js';
+import { SupervisedServer, Supervisor, waitForPort } from './supervisor.js';
 import { render } from './templates.js';
 
 export interface SmbShare {
@@ -32,14 +31,15 @@ export interface SambaOptions {
   log: Logger;
 }
 
-export class SambaServer {
+export class SambaServer extends SupervisedServer {
   private readonly shares = new Map<string, SmbShare>();
-  private readonly supervisor: Supervisor;
+  protected readonly supervisor: Supervisor;
   readonly confPath: string;
   private started = false;
   private modules: Set<string> | undefined;
 
   constructor(private readonly o: SambaOptions) {
+    super();
     this.confPath = join(o.dir, 'smb.conf');
     this.supervisor = new Supervisor({
       name: 'smbd',
@@ -49,19 +49,6 @@ export class SambaServer {
       log: o.log,
       ready: () => waitForPort(o.address, o.port),
     });
-  }
-
-  get health(): Health {
-    return this.supervisor.health;
-  }
-  get error(): string | undefined {
-    return this.supervisor.error;
-  }
-  get pid(): number | undefined {
-    return this.supervisor.pid;
-  }
-  get restarts(): number {
-    return this.supervisor.restartCount;
   }
 
   /** The VFS modules this Samba has (Debian ships fruit and streams_xattr in samba-vfs-modules). */

@@ -166,3 +166,21 @@ export async function waitForPort(host: string, port: number, ms = 20_000): Prom
     await new Promise((r) => setTimeout(r, 100));
   }
 }
+
+/** A server run under a Supervisor: its health, error, pid and restarts are the supervisor's. */
+export abstract class SupervisedServer {
+  protected abstract readonly supervisor: Supervisor;
+
+  get health(): Health {
+    return this.supervisor.health;
+  }
+  get error(): string | undefined {
+    return this.supervisor.error;
+  }
+  get pid(): number | undefined {
+    return this.supervisor.pid;
+  }
+  get restarts(): number {
+    return this.supervisor.restartCount;
+  }
+}

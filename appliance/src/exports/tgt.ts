@@ -12,9 +12,8 @@ import { existsSync, promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { BridgeError, errorMessage } from '../../../shared/src/errors.js';
 import type { Logger } from '../../../shared/src/logger.js';
-import type { Health } from '../../../shared/src/protocol.js';
 import { run, tryRun } from './run.js';
-import { Supervisor, waitForPort } from './supervisor.js';
+import { SupervisedServer, Supervisor, waitForPort } from './supervisor.js';
 
 export interface IscsiTarget {
   iqn: string;
@@ -44,8 +43,8 @@ export function freeControlPort(): number {
   }
 }
 
-export class TgtServer {
-  private readonly supervisor: Supervisor;
+export class TgtServer extends SupervisedServer {
+  protected readonly supervisor: Supervisor;
   private readonly targets = new Map<string, { tid: number; target: IscsiTarget }>();
   private nextTid = 1;
   readonly controlPort: number;
@@ -53,6 +52,7 @@ export class TgtServer {
   private serial: Promise<unknown> = Promise.resolve();
 
   constructor(private readonly o: TgtOptions) {
+    super();
     this.controlPort = o.controlPort ?? freeControlPort();
     this.supervisor = new Supervisor({
       name: 'tgtd',
@@ -68,19 +68,6 @@ export class TgtServer {
       },
       beforeStop: () => this.deleteAll(),
     });
-  }
-
-  get health(): Health {
-    return this.supervisor.health;
-  }
-  get error(): string | undefined {
-    return this.supervisor.error;
-  }
-  get pid(): number | undefined {
-    return this.supervisor.pid;
-  }
-  get restarts(): number {
-    return this.supervisor.restartCount;
   }
 
   private adm(args: string[]): Promise<unknown> {

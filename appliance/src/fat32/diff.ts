@@ -335,107 +335,117 @@ export async function makePlan(input: PlanInput): Promise<PlanResult> {
   const metaOps: Op[] = [];
   const dirTimes: { node: VNode; op: Op }[] = [];
   let staged = 0;
-  for (const pr of pairs) {
-    const { node, old: m, parsed: p } = pr;
+  // New and moved entries need a free place in the source (or one this plan vacates): checked before anything is staged.
+  for (const { node, old: m } of pairs) {
+    if (m && !moved.has(node)) continue;
     const path = abs(node);
-    if (!m || moved.has(node)) {
-      const st = await lstatOrUndefined(path);
-      if (st && !isVacated(path)) {
-        result.hold = `${relPath(node)}: the source already holds an entry there that the volume does not show`;
-        return result;
-      }
+    if ((await lstatOrUndefined(path)) && !isVacated(path)) {
+      result.hold = `${relPath(node)}: the source already holds an entry there that the volume does not show`;
+      return result;
     }
-    if (!m) {
-      result.counts.created++;
-      if (node.isDir) {
-        placeOps.push({ op: 'mkdir', path });
-        dirTimes.push({ node, op: { op: 'times', path, mtimeMs: fatToMs(p.mdate, p.mtime) } });
+  }
+  try {
+    await stageAndPlan();
+  } catch (e) {
+    await blob?.close().catch(() => undefined);
+    throw e;
+  }
+  async function stageAndPlan(): Promise<void> {
+    for (const pr of pairs) {
+      const { node, old: m, parsed: p } = pr;
+      const path = abs(node);
+      if (!m) {
+        result.counts.created++;
+        if (node.isDir) {
+          placeOps.push({ op: 'mkdir', path });
+          dirTimes.push({ node, op: { op: 'times', path, mtimeMs: fatToMs(p.mdate, p.mtime) } });
+          continue;
+        }
+        await ready();
+        const stage = journal.staged(`new-${staged++}`);
+        const fh = await fsp.open(stage, 'w');
+        try {
+          const need = Math.ceil(node.size / cs);
+          const clusters = clusterList(node.runs, need);
+          await copyClusters(
+            clusters,
+            clusters.map((_, i) => i),
+            node.size,
+            async (off, data) => void (await fh.write(data, 0, data.length, off)),
+          );
+          await fh.truncate(node.size);
+          await fh.sync();
+        } finally {
+          await fh.close();
+        }
+        result.counts.bytes += node.size;
+        placeOps.push({ op: 'rename', from: stage, to: path });
+        metaOps.push({ op: 'times', path, mtimeMs: fatToMs(p.mdate, p.mtime) });
+        if (node.attr & ATTR_READ_ONLY) metaOps.push({ op: 'mode', path, readOnly: true });
+        result.restat.push(node);
         continue;
       }
-      await ready();
-      const stage = journal.staged(`new-${staged++}`);
-      const fh = await fsp.open(stage, 'w');
-      try {
-        const need = Math.ceil(node.size / cs);
-        const clusters = clusterList(node.runs, need);
-        await copyClusters(
-          clusters,
-          clusters.map((_, i) => i),
-          node.size,
-          async (off, data) => void (await fh.write(data, 0, data.length, off)),
-        );
-        await fh.truncate(node.size);
-        await fh.sync();
-      } finally {
-        await fh.close();
+      const park = moved.get(node);
+      if (park) placeOps.push({ op: 'rename', from: park, to: path });
+      if (node.isDir) {
+        if (m.mdate !== p.mdate || m.mtime !== p.mtime) dirTimes.push({ node, op: { op: 'times', path, mtimeMs: fatToMs(p.mdate, p.mtime) } });
+        continue;
       }
-      result.counts.bytes += node.size;
-      placeOps.push({ op: 'rename', from: stage, to: path });
-      metaOps.push({ op: 'times', path, mtimeMs: fatToMs(p.mdate, p.mtime) });
-      if (node.attr & ATTR_READ_ONLY) metaOps.push({ op: 'mode', path, readOnly: true });
+      // A matched file: what changed?
+      const need = Math.ceil(node.size / cs);
+      const timesChanged = m.mdate !== p.mdate || m.mtime !== p.mtime;
+      const roChanged = (m.attr & ATTR_READ_ONLY) !== (node.attr & ATTR_READ_ONLY);
+      const chainSame = sameRuns(m.runs, node.runs);
+      if (chainSame && node.size === m.size && !timesChanged && !roChanged && !anyDirty(node.runs)) continue;
+      const indices: number[] = [];
+      if (!chainSame || node.size !== m.size || anyDirty(node.runs)) {
+        const oldList = clusterList(m.runs, Infinity);
+        const newList = clusterList(node.runs, need);
+        let k = 0;
+        while (k < newList.length && k < oldList.length && newList[k] === oldList[k]) k++;
+        const rewritten: number[] = [];
+        for (let i = 0; i < newList.length; i++) {
+          const grewInto = node.size > m.size && i === Math.floor(m.size / cs) && m.size % cs !== 0;
+          if (i >= k || grewInto) indices.push(i);
+          else if (dirty.has(newList[i]!)) rewritten.push(i);
+        }
+        // Clusters only marked written (a host writes whole pages, which may span a neighbour's cluster,
+        // or rewrites the same bytes): copied only when they differ from the source.
+        indices.push(...(await differing(abs(m), newList, rewritten, node.size)));
+        indices.sort((x, y) => x - y);
+      }
+      if (indices.length === 0 && node.size === m.size && !timesChanged && !roChanged) continue;
+      // The source file must still be what the write-back last saw (checked at its old path: nothing moved yet).
+      const st = await lstatOrUndefined(abs(m));
+      const id = m.ident;
+      if (!st || !st.isFile() || (id && (st.ino !== id.ino || st.size !== id.size || st.mtimeMs !== id.mtimeMs))) {
+        result.conflicts.push({
+          path: relPath(node),
+          detail: st
+            ? "changed in the source since the volume showed it: the host's change is not applied"
+            : "gone from the source: the host's change is not applied",
+        });
+        continue;
+      }
+      if (indices.length) {
+        await ready();
+        blob ??= await fsp.open(journal.blobPath, 'w');
+        const fh = blob;
+        const newList = clusterList(node.runs, need);
+        await copyClusters(newList, indices, node.size, async (off, data) => {
+          dataOps.push({ op: 'write', path, offset: off, blobOffset: blobSize, length: data.length });
+          await fh.write(data, 0, data.length, blobSize);
+          blobSize += data.length;
+        });
+        result.counts.written++;
+        result.counts.bytes += indices.length * cs;
+      }
+      if (node.size !== m.size) dataOps.push({ op: 'truncate', path, size: node.size });
+      if (indices.length || node.size !== m.size || timesChanged) metaOps.push({ op: 'times', path, mtimeMs: fatToMs(p.mdate, p.mtime) });
+      if (roChanged) metaOps.push({ op: 'mode', path, readOnly: (node.attr & ATTR_READ_ONLY) !== 0 });
       result.restat.push(node);
-      continue;
+      if (node.snap >= 0) result.touchedSnaps.push(node.snap);
     }
-    const park = moved.get(node);
-    if (park) placeOps.push({ op: 'rename', from: park, to: path });
-    if (node.isDir) {
-      if (m.mdate !== p.mdate || m.mtime !== p.mtime) dirTimes.push({ node, op: { op: 'times', path, mtimeMs: fatToMs(p.mdate, p.mtime) } });
-      continue;
-    }
-    // A matched file: what changed?
-    const need = Math.ceil(node.size / cs);
-    const timesChanged = m.mdate !== p.mdate || m.mtime !== p.mtime;
-    const roChanged = (m.attr & ATTR_READ_ONLY) !== (node.attr & ATTR_READ_ONLY);
-    const chainSame = sameRuns(m.runs, node.runs);
-    if (chainSame && node.size === m.size && !timesChanged && !roChanged && !anyDirty(node.runs)) continue;
-    const indices: number[] = [];
-    if (!chainSame || node.size !== m.size || anyDirty(node.runs)) {
-      const oldList = clusterList(m.runs, Infinity);
-      const newList = clusterList(node.runs, need);
-      let k = 0;
-      while (k < newList.length && k < oldList.length && newList[k] === oldList[k]) k++;
-      const rewritten: number[] = [];
-      for (let i = 0; i < newList.length; i++) {
-        const grewInto = node.size > m.size && i === Math.floor(m.size / cs) && m.size % cs !== 0;
-        if (i >= k || grewInto) indices.push(i);
-        else if (dirty.has(newList[i]!)) rewritten.push(i);
-      }
-      // Clusters only marked written (a host writes whole pages, which may span a neighbour's cluster,
-      // or rewrites the same bytes): copied only when they differ from the source.
-      indices.push(...(await differing(abs(m), newList, rewritten, node.size)));
-      indices.sort((x, y) => x - y);
-    }
-    if (indices.length === 0 && node.size === m.size && !timesChanged && !roChanged) continue;
-    // The source file must still be what the write-back last saw (checked at its old path: nothing moved yet).
-    const st = await lstatOrUndefined(abs(m));
-    const id = m.ident;
-    if (!st || !st.isFile() || (id && (st.ino !== id.ino || st.size !== id.size || st.mtimeMs !== id.mtimeMs))) {
-      result.conflicts.push({
-        path: relPath(node),
-        detail: st
-          ? "changed in the source since the volume showed it: the host's change is not applied"
-          : "gone from the source: the host's change is not applied",
-      });
-      continue;
-    }
-    if (indices.length) {
-      await ready();
-      blob ??= await fsp.open(journal.blobPath, 'w');
-      const fh = blob;
-      const newList = clusterList(node.runs, need);
-      await copyClusters(newList, indices, node.size, async (off, data) => {
-        dataOps.push({ op: 'write', path, offset: off, blobOffset: blobSize, length: data.length });
-        await fh.write(data, 0, data.length, blobSize);
-        blobSize += data.length;
-      });
-      result.counts.written++;
-      result.counts.bytes += indices.length * cs;
-    }
-    if (node.size !== m.size) dataOps.push({ op: 'truncate', path, size: node.size });
-    if (indices.length || node.size !== m.size || timesChanged) metaOps.push({ op: 'times', path, mtimeMs: fatToMs(p.mdate, p.mtime) });
-    if (roChanged) metaOps.push({ op: 'mode', path, readOnly: (node.attr & ATTR_READ_ONLY) !== 0 });
-    result.restat.push(node);
-    if (node.snap >= 0) result.touchedSnaps.push(node.snap);
   }
   // Directory times last, deepest first (creating entries in a directory changes its mtime).
   dirTimes.sort((a, b) => depth(b.node) - depth(a.node));

@@ -20,6 +20,8 @@ export interface BlockFileOptions {
   readOnly?: boolean;
   /** Shown as the mount's source in /proc/mounts. */
   fsname?: string;
+  /** close() of a descriptor opened for writing flushes the device (for writers that never fsync, e.g. mtools). */
+  flushOnClose?: boolean;
   log?: Logger;
 }
 
@@ -146,10 +148,10 @@ export class BlockFile {
           (e: unknown) => cb(fail('flush', e)),
         );
       },
-      // close() of a descriptor opened for writing flushes the device, so a writer that never calls
-      // fsync (mtools) still has its writes made durable (and, for FAT32, applied) when close returns.
+      // With flushOnClose, close() of a descriptor opened for writing flushes the device, so a writer
+      // that never calls fsync (mtools) has its writes durable (for FAT32: applied) when close returns.
       flush: (_path, fd, cb) => {
-        if (!this.writers.has(fd)) return cb(0);
+        if (!this.options.flushOnClose || !this.writers.has(fd)) return cb(0);
         this.device.flush().then(
           () => {
             this.flushListeners.forEach((l) => l());

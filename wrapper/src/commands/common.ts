@@ -1,42 +1,14 @@
 /** Pieces every `bridge` command shares: JSON output, error reporting, option parsers, the context. */
-import type { Command } from 'commander';
-import { BridgeError, errorMessage } from '../../../shared/src/errors.js';
-import { configureLogger, type LogLevel } from '../../../shared/src/logger.js';
-import { parseSize } from '../../../shared/src/size.js';
+import { BridgeError } from '../../../shared/src/errors.js';
+import { action as sharedAction } from '../../../shared/src/cli.js';
 import { defaultContext, type Context } from '../instance.js';
 import { silentProgress, StderrProgress } from '../progress.js';
 
-export interface GlobalOptions {
-  logLevel: LogLevel;
-  logJson: boolean;
-}
+export { applyGlobalOptions, output, sizeOption, type GlobalOptions } from '../../../shared/src/cli.js';
 
-export function applyGlobalOptions(program: Command): void {
-  const opts = program.opts<GlobalOptions>();
-  configureLogger({ level: opts.logLevel, json: opts.logJson });
-}
-
-/** Prints a command's result: JSON for scripts, text for people. stdout only carries results. */
-export function output(json: boolean, value: unknown, text: () => string): void {
-  process.stdout.write(json ? JSON.stringify(value, null, 2) + '\n' : text() + '\n');
-}
-
-/** Wraps an action so that errors print one clear line (or a JSON object) and set a failing exit code. */
+/** Errors in what the user gave (bad flags, bad config) exit with 2, the rest with 1. */
 export function action<A extends unknown[]>(fn: (...args: A) => Promise<void>): (...args: A) => Promise<void> {
-  return async (...args: A) => {
-    try {
-      await fn(...args);
-    } catch (e) {
-      const json = args.some((a) => typeof a === 'object' && a !== null && (a as { json?: boolean }).json === true);
-      if (json) process.stdout.write(JSON.stringify({ error: e instanceof BridgeError ? e.toJSON() : { code: 'ERROR', message: errorMessage(e) } }) + '\n');
-      process.stderr.write(`error: ${errorMessage(e)}\n`);
-      process.exitCode = e instanceof BridgeError && (e.code === 'CONFIG' || e.code === 'EINVAL') ? 2 : 1;
-    }
-  };
-}
-
-export function sizeOption(what: string): (v: string) => number {
-  return (v: string) => parseSize(v, what);
+  return sharedAction(fn, ['CONFIG', 'EINVAL']);
 }
 
 export function intOption(what: string, min: number, max: number): (v: string) => number {
