@@ -14,6 +14,7 @@ import { formatSize, parseSize } from '../../../shared/src/size.js';
 import { controlRequest, listenControl } from '../daemon/control.js';
 import { onShutdown, shutdown, untilShutdown } from '../process/shutdown.js';
 import { action, output } from './common.js';
+import { pidAlive } from '../exports/procs.js';
 
 const DEFAULT_RUNTIME = '/run/bridge';
 
@@ -69,15 +70,6 @@ function statusText(s: AgentStatus): string {
   if (s.stages.length) lines.push('stages:', ...s.stages.map((c) => row(c)));
   if (s.exports.length) lines.push('exports:', ...s.exports.map((e) => row(e, e.endpoint ? `  ${e.endpoint.url}` : '')));
   return lines.join('\n');
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 export function register(program: Command): void {
@@ -205,8 +197,8 @@ export function register(program: Command): void {
         const { pid } = (await controlRequest(socket, { method: 'status' })) as AgentStatus;
         await controlRequest(socket, { method: 'shutdown' });
         // Stopped once the process is gone (after unmounting everything): wait for that, bounded.
-        for (let i = 0; i < 1200 && alive(pid); i++) await new Promise((r) => setTimeout(r, 100));
-        if (alive(pid)) throw new BridgeError('EBUSY', `the agent (pid ${pid}) is still stopping after 120 s`);
+        for (let i = 0; i < 1200 && pidAlive(pid); i++) await new Promise((r) => setTimeout(r, 100));
+        if (pidAlive(pid)) throw new BridgeError('EBUSY', `the agent (pid ${pid}) is still stopping after 120 s`);
         output(opts.json ?? false, { stopped: true }, () => 'agent stopped');
       }),
     );

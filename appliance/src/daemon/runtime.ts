@@ -21,6 +21,7 @@ import { killMatching } from '../exports/procs.js';
 import { tryRun } from '../exports/run.js';
 import { stopStrayTgtd } from '../exports/tgt.js';
 import { detachLoop, listLoops } from '../stages/loop.js';
+import { pidAlive } from '../exports/procs.js';
 
 export const SERVER_DIRS = ['smb', 'nfs', 'iscsi'] as const;
 
@@ -53,22 +54,13 @@ async function cmdline(pid: number): Promise<string | undefined> {
   }
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 async function waitGone(pid: number, ms: number): Promise<boolean> {
   const end = Date.now() + ms;
   while (Date.now() < end) {
-    if (!alive(pid)) return true;
+    if (!pidAlive(pid)) return true;
     await new Promise((r) => setTimeout(r, 100));
   }
-  return !alive(pid);
+  return !pidAlive(pid);
 }
 
 /** Refuses to start when another live agent owns the runtime directory; else claims it. */
@@ -78,7 +70,7 @@ export async function claimRuntime(layout: RuntimeLayout): Promise<void> {
   const text = await fsp.readFile(layout.pidFile, 'utf8').catch(() => '');
   const [pidLine, cmd] = text.split('\n');
   const pid = Number(pidLine);
-  if (pid && pid !== process.pid && alive(pid) && cmd && (await cmdline(pid)) === cmd) {
+  if (pid && pid !== process.pid && pidAlive(pid) && cmd && (await cmdline(pid)) === cmd) {
     throw new BridgeError('EBUSY', `another agent (pid ${pid}) is running with runtime directory ${layout.root}; stop it first (bridge-agent stop)`);
   }
   await fsp.writeFile(layout.pidFile, `${process.pid}\n${(await cmdline(process.pid)) ?? ''}\n`, { mode: 0o600 });

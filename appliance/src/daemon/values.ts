@@ -17,6 +17,7 @@ import { directoryTree, type Tree } from '../tree/tree.js';
 import { hostname } from 'node:os';
 // The store and the FAT32 synthesis load only when a config uses them (start-up time in the appliance).
 import type { ChunkStoreDevice, OpenStoreOptions } from '../store/index.js';
+import { pidAlive } from '../exports/procs.js';
 
 export type Value =
   | { kind: 'tree'; tree: Tree }
@@ -128,15 +129,6 @@ async function openStoreBreakingOwnLock(o: OpenStoreOptions, log: Logger): Promi
     if (!holder || holder.host !== hostname() || holder.pid === undefined || pidAlive(holder.pid)) throw e;
     log.warn('breaking the store lock of a process that is gone', { store: o.store, pid: holder.pid });
     return openStore({ ...o, breakLock: true });
-  }
-}
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
   }
 }
 

@@ -12,7 +12,8 @@ export async function pidsMatching(needle: string): Promise<number[]> {
   return out;
 }
 
-function alive(pid: number): boolean {
+/** Whether a process with this pid exists (signal 0 probes without sending). */
+export function pidAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
@@ -32,8 +33,8 @@ export async function killMatching(needle: string, graceMs = 3000): Promise<numb
     }
   }
   const end = Date.now() + graceMs;
-  while (pids.some(alive) && Date.now() < end) await new Promise((r) => setTimeout(r, 100));
-  for (const p of pids.filter(alive)) {
+  while (pids.some(pidAlive) && Date.now() < end) await new Promise((r) => setTimeout(r, 100));
+  for (const p of pids.filter(pidAlive)) {
     try {
       process.kill(p, 'SIGKILL');
     } catch {
