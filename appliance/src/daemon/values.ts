@@ -157,7 +157,12 @@ export async function buildStage(s: StageConfig, from: Value, fromName: string, 
     case 'fat32': {
       if (from.kind !== 'tree') throw new BridgeError('CONFIG', `stage "${s.name}": synthesizes FAT32 from a tree, but "${fromName}" is a block device`);
       const { buildFat32Volume } = await import('../fat32/index.js');
-      const device = await buildFat32Volume(from.tree.path, { ...(s.size !== undefined ? { size: s.size } : {}), ...(s.label ? { label: s.label } : {}) });
+      // Host writes go back into the source unless the stage or its tree is read-only (docs/fat32.md).
+      const device = await buildFat32Volume(from.tree.path, {
+        ...(s.size !== undefined ? { size: s.size } : {}),
+        ...(s.label ? { label: s.label } : {}),
+        writeBack: !s.readOnly && !from.tree.readOnly,
+      });
       return { value: { kind: 'block', device }, details: { from: fromName, size: device.size, report: safeReport(device.report) } };
     }
   }
