@@ -31,7 +31,10 @@ fi
 # npm packages: reinstall only when the lockfile changed since the last install.
 lock_hash=$(sha256sum package-lock.json | cut -d' ' -f1)
 if [[ ! -f node_modules/.bridge-lock-hash || "$(cat node_modules/.bridge-lock-hash)" != "$lock_hash" ]]; then
-  npm ci --no-audit --no-fund
+  # `npm install`, not `npm ci`: npm here writes locks without the other platforms' optional packages
+  # (rollup's), and `npm ci` then refuses the lock as out of sync. With the lock present, `npm install`
+  # installs exactly the locked versions and leaves the lock as it is.
+  npm install --no-audit --no-fund
   echo "$lock_hash" > node_modules/.bridge-lock-hash
 fi
 

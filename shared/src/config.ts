@@ -64,6 +64,9 @@ export const sourceSchema = z.discriminatedUnion('kind', [
       endpoint: z.string().url().optional(),
       region: z.string().optional(),
       passphrase: secretRef.optional(),
+      /** S3 access keys; without them the AWS SDK's own chain (environment, profile) applies. */
+      accessKeyId: secretRef.optional(),
+      secretAccessKey: secretRef.optional(),
       cache: storeCache.default({ size: parseSize('256M'), memory: parseSize('32M') }),
       readOnly: z.boolean().default(false),
     })

@@ -7,6 +7,7 @@ import { mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createStore } from '../../appliance/src/store/index.js';
+import { startS3rver, type S3Server } from '../store/helpers.js';
 import { freePort } from '../helpers/ports.js';
 import { AgentProcess, agentCli, leftovers, sh } from './agent-process.js';
 
@@ -74,5 +75,61 @@ describe('store source', () => {
     const r = await agentCli(['stop', '--runtime-dir', agent.runtimeDir]);
     expect(r.code, r.stderr).toBe(0);
     expect(await leftovers(agent.runtimeDir)).toEqual([]);
+  });
+});
+
+describe('store source on S3 with pushed access keys', () => {
+  let dir = '';
+  let agent: AgentProcess;
+  let s3: S3Server;
+  let port = 0;
+  const lun = (): string => `iscsi://suser%${CHAP}@127.0.0.1:${port}/iqn.2026-11.org.bridge:s3vol/1`;
+
+  beforeAll(async () => {
+    dir = AgentProcess.tempDir('bridge-store-s3-');
+    port = await freePort();
+    s3 = await startS3rver(['vols']);
+    await createStore({ store: 's3://vols/v1/', endpoint: s3.endpoint, size: 16 * 1024 * 1024, cipher: 'none' });
+    agent = new AgentProcess(
+      dir,
+      {
+        version: 1,
+        runtimeDir: join(dir, 'run'),
+        listen: { address: '127.0.0.1', iscsiPort: port },
+        sources: [
+          {
+            kind: 'store',
+            name: 's3vol',
+            store: 's3://vols/v1/',
+            endpoint: s3.endpoint,
+            accessKeyId: { pushed: 'ak' },
+            secretAccessKey: { pushed: 'sk' },
+            cache: { dir: join(dir, 'cache'), size: '8M' },
+          },
+        ],
+        exports: [{ kind: 'iscsi', name: 's3vol', from: 's3vol', chap: { user: 'suser', secret: { env: 'STORE_CHAP' } } }],
+      },
+      // The agent's own environment holds a wrong key id (s3rver checks the id, not the secret): only
+      // the pushed keys can open the store.
+      { STORE_CHAP: CHAP, AWS_ACCESS_KEY_ID: 'WRONG', AWS_SECRET_ACCESS_KEY: 'WRONG' },
+    );
+    await agent.start();
+  });
+
+  afterAll(async () => {
+    await agent?.stop();
+    await s3?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('waits for both keys, then opens the store with them and serves it', async () => {
+    await agentCli(['secret', 'put', 'ak', '--runtime-dir', agent.runtimeDir], 'S3RVER\n');
+    expect((await agent.status()).sources[0]).toMatchObject({ health: 'starting', error: 'waiting for pushed secret "sk"' });
+    await agentCli(['secret', 'put', 'sk', '--runtime-dir', agent.runtimeDir], 'S3RVER\n');
+    await agent.waitFor((x) => x.exports[0]!.health === 'ok', 's3 store export');
+    const w = await sh('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5a 0 128k', '-c', 'flush', '-c', 'read -P 0x5a 0 128k', lun()]);
+    expect(w.code, w.stderr).toBe(0);
+    expect(w.stdout).not.toMatch(/verification failed/);
+    expect(agent.log).not.toContain('S3RVER');
   });
 });

@@ -104,6 +104,7 @@ export function planGuest(input: GuestPlanInput): GuestPlan {
         const src: AgentConfigInput['sources'][number] = { kind: 'store', name: s.name, store, ...(cache ? { cache } : {}) };
         if (s.kind === 's3') {
           if (input.endpoint) Object.assign(src, { endpoint: guestEndpoint(input.endpoint, backend.guestHostAddress) });
+          Object.assign(src, { accessKeyId: { pushed: SECRET.s3AccessKey }, secretAccessKey: { pushed: SECRET.s3SecretKey } });
           secrets.add(SECRET.s3AccessKey).add(SECRET.s3SecretKey);
         }
         if (input.encrypted) {

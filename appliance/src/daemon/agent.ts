@@ -23,7 +23,7 @@ import { TgtServer, type IscsiTarget } from '../exports/tgt.js';
 import { probeXattr } from '../exports/xattr.js';
 import { claimRuntime, clearLeftovers, runtimeLayout, type RuntimeLayout } from './runtime.js';
 import { describeRef, Secrets } from './secrets.js';
-import { buildSource, buildStage, closeValue, ensureBlockFile, resolveDiskPath, type Value } from './values.js';
+import { buildSource, buildStage, closeValue, ensureBlockFile, resolveDiskPath, type BuildContext, type Value } from './values.js';
 
 interface Component {
   role: 'source' | 'stage';
@@ -150,16 +150,27 @@ export class Agent {
     try {
       if (c.role === 'source') {
         const s = c.config as SourceConfig;
-        let passphrase: string | undefined;
-        if (s.kind === 'store' && s.passphrase) {
-          passphrase = await this.secrets.resolve(s.passphrase, `${what} passphrase`);
-          if (passphrase === undefined) {
-            c.error = `waiting for ${describeRef(s.passphrase)}`;
-            c.pending = true;
-            return;
+        const ctx: BuildContext = { runtimeTrees: this.layout.trees, log: this.log };
+        if (s.kind === 'store') {
+          // Every secret the store names must have arrived before it opens.
+          const wanted = { passphrase: s.passphrase, accessKeyId: s.accessKeyId, secretAccessKey: s.secretAccessKey };
+          const got: Record<string, string> = {};
+          for (const [key, ref] of Object.entries(wanted)) {
+            if (!ref) continue;
+            const value = await this.secrets.resolve(ref, `${what} ${key}`);
+            if (value === undefined) {
+              c.error = `waiting for ${describeRef(ref)}`;
+              c.pending = true;
+              return;
+            }
+            got[key] = value;
+          }
+          if (got.passphrase !== undefined) ctx.passphrase = got.passphrase;
+          if (got.accessKeyId !== undefined && got.secretAccessKey !== undefined) {
+            ctx.credentials = { accessKeyId: got.accessKeyId, secretAccessKey: got.secretAccessKey };
           }
         }
-        const built = await buildSource(s, { runtimeTrees: this.layout.trees, log: this.log, ...(passphrase !== undefined ? { passphrase } : {}) });
+        const built = await buildSource(s, ctx);
         c.value = built.value;
         c.details = built.details;
       } else {

@@ -34,6 +34,8 @@ export interface BuildContext {
   log: Logger;
   /** A secret's value; undefined while it is pending. */
   passphrase?: string;
+  /** S3 keys resolved from the store source's secret references. */
+  credentials?: { accessKeyId: string; secretAccessKey: string };
 }
 
 /** `serial:NAME` → the /dev node of the disk whose serial is NAME (virtio disks attached by the host). */
@@ -103,6 +105,7 @@ export async function buildSource(s: SourceConfig, ctx: BuildContext): Promise<B
           ...(s.endpoint ? { endpoint: s.endpoint } : {}),
           ...(s.region ? { region: s.region } : {}),
           ...(ctx.passphrase !== undefined ? { passphrase: ctx.passphrase } : {}),
+          ...(ctx.credentials ? { credentials: ctx.credentials } : {}),
           ...(s.cache.dir ? { cacheDir: s.cache.dir } : {}),
           cacheSize: s.cache.size,
           memoryCacheSize: s.cache.memory,

@@ -27,6 +27,13 @@ export interface S3BackendOptions {
   forcePathStyle?: boolean;
   /** Parallel connections (uploads + downloads). */
   maxSockets?: number;
+  /** Explicit keys (the agent's pushed secrets); else the AWS SDK's default chain. */
+  credentials?: S3Credentials;
+}
+
+export interface S3Credentials {
+  accessKeyId: string;
+  secretAccessKey: string;
 }
 
 export class S3Backend implements ObjectBackend {
@@ -42,6 +49,7 @@ export class S3Backend implements ObjectBackend {
       maxAttempts: 2,
     };
     if (o.endpoint) config.endpoint = o.endpoint;
+    if (o.credentials) config.credentials = o.credentials;
     this.client = new S3Client(config);
   }
 

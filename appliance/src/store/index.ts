@@ -37,6 +37,8 @@ export interface StoreLocationOptions {
   /** S3 endpoint URL (path-style addressing is used with it). */
   endpoint?: string;
   region?: string;
+  /** S3 keys; else the AWS SDK's default chain. */
+  credentials?: { accessKeyId: string; secretAccessKey: string };
   retry?: Omit<RetryOptions, 'log'>;
   /** Wraps the raw backend (below the retry layer): fault injection in tests, metering. */
   wrapBackend?: (backend: ObjectBackend) => ObjectBackend;
@@ -90,6 +92,7 @@ export async function openBackend(o: StoreLocationOptions, create = false): Prom
           prefix: loc.prefix,
           ...(o.endpoint ? { endpoint: o.endpoint } : {}),
           ...(o.region ? { region: o.region } : {}),
+          ...(o.credentials ? { credentials: o.credentials } : {}),
         });
   if (o.wrapBackend) raw = o.wrapBackend(raw);
   return new RetryingBackend(raw, { ...o.retry, log: (o.log ?? logger()).child({ component: 'store' }) });
