@@ -15,11 +15,12 @@
  * end (each operation is idempotent, so the one in flight at the crash may run again), then removed;
  * without a plan.json the directory is stale staging and is removed.
  */
-import { constants as fsc, promises as fsp } from 'node:fs';
+import { promises as fsp } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { BridgeError, errorMessage } from '../../../shared/src/errors.js';
 import type { Logger } from '../../../shared/src/logger.js';
 import { applyOp, syncTouched, type ApplyContext, type Op } from './apply.js';
+import { fsyncPath } from '../durable.js';
 
 export const DEFAULT_JOURNAL_NAME = '.bridge-fat32';
 
@@ -27,15 +28,6 @@ interface PlanFile {
   version: 1;
   sourceRoot: string;
   ops: Op[];
-}
-
-async function fsyncPath(path: string): Promise<void> {
-  const fh = await fsp.open(path, fsc.O_RDONLY);
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
 }
 
 export class Journal {

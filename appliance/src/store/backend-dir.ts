@@ -9,6 +9,7 @@ import { promises as fsp, constants as fsc } from 'node:fs';
 import { dirname, join, relative, sep } from 'node:path';
 import { BridgeError } from '../../../shared/src/errors.js';
 import { transientError, type ObjectBackend, type ObjectInfo } from './backend.js';
+import { fsyncPath } from '../durable.js';
 
 const TMP = '.tmp-';
 
@@ -156,15 +157,6 @@ export class DirBackend implements ObjectBackend {
     s.queued = p;
     s.tail = p;
     return p;
-  }
-}
-
-async function fsyncPath(path: string): Promise<void> {
-  const fh = await fsp.open(path, fsc.O_RDONLY);
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
   }
 }
 

@@ -20,6 +20,7 @@ import { promises as fsp, constants as fsc } from 'node:fs';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { BridgeError } from '../../../shared/src/errors.js';
+import { fsyncPath } from '../durable.js';
 
 const MAGIC = 'BRJ1';
 const HEADER = 64;
@@ -97,7 +98,7 @@ export class Journal {
     if (!existing || existing.length < HEADER) {
       await fh.write(headerBytes, 0, HEADER, 0);
       await fh.datasync();
-      await syncDir(dir);
+      await fsyncPath(dir);
       j.pos = HEADER;
     }
     return { journal: j, pending };
@@ -147,7 +148,7 @@ export class Journal {
         throw e;
       }
       await fsp.rename(tmp, this.path);
-      await syncDir(join(this.path, '..'));
+      await fsyncPath(join(this.path, '..'));
       const old = this.fh;
       this.fh = fh;
       this.pos = data.length;
@@ -174,13 +175,4 @@ function record(type: number, index: number, slot: number): Buffer {
   r.writeInt32BE(slot, 8);
   r.writeUInt32BE(crc32(r.subarray(0, 16)), 16);
   return r;
-}
-
-export async function syncDir(dir: string): Promise<void> {
-  const fh = await fsp.open(dir, fsc.O_RDONLY);
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
 }
