@@ -663,7 +663,9 @@ export class ChunkCache {
     let wakeAt = Infinity;
     for (const e of this.dirtyQueue) {
       if (this.uploadsInFlight >= this.uploadConcurrency) break;
-      if (e.uploading || e.ready) continue;
+      // Not while a write is landing in the slot: markDirty bumped gen before the bytes arrived, so an
+      // upload starting now would read the old bytes yet see the new gen and mark the chunk clean.
+      if (e.uploading || e.ready || e.writing > 0) continue;
       const due = Math.max(e.retryAt, pressure ? 0 : e.lastWrite + this.writeDelayMs);
       if (due > now) {
         wakeAt = Math.min(wakeAt, due);
