@@ -22,6 +22,7 @@ import { tryRun } from '../exports/run.js';
 import { stopStrayTgtd } from '../exports/tgt.js';
 import { detachLoop, listLoops } from '../stages/loop.js';
 import { pidAlive } from '../exports/procs.js';
+import { listMounts } from '../fuse/mounts.js';
 
 export const SERVER_DIRS = ['smb', 'nfs', 'iscsi'] as const;
 
@@ -79,7 +80,7 @@ export async function claimRuntime(layout: RuntimeLayout): Promise<void> {
 /** Clears what a killed agent left behind; returns what it did, for the log. */
 export async function clearLeftovers(layout: RuntimeLayout, diskPaths: string[], log: Logger): Promise<string[]> {
   const done: string[] = [];
-  const mounts = (await mountsWithDevice())
+  const mounts = (await listMounts())
     .filter((m) => m.mountpoint.startsWith(layout.root + '/'))
     .sort((a, b) => Number(a.fstype.startsWith('fuse')) - Number(b.fstype.startsWith('fuse')) || b.mountpoint.length - a.mountpoint.length);
   // First abort the dead FUSE connections: processes blocked on them (smbd reading a file, the kernel
@@ -124,20 +125,6 @@ export async function clearLeftovers(layout: RuntimeLayout, diskPaths: string[],
   }
   for (const d of done) log.warn('cleared leftover of a previous agent', { what: d });
   return done;
-}
-
-/** Mounts with their device number ("0:40"), which names a FUSE mount's connection in fusectl. */
-async function mountsWithDevice(): Promise<{ mountpoint: string; fstype: string; device: string }[]> {
-  const unescape = (x: string): string => x.replace(/\\(\d{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-  const text = await fsp.readFile('/proc/self/mountinfo', 'utf8');
-  return text
-    .split('\n')
-    .filter(Boolean)
-    .map((line) => {
-      const [pre, post] = line.split(' - ');
-      const f = (pre ?? '').split(' ');
-      return { device: f[2] ?? '', mountpoint: unescape(f[4] ?? ''), fstype: (post ?? '').split(' ')[0] ?? '' };
-    });
 }
 
 const FUSECTL = '/sys/fs/fuse/connections';

@@ -16,6 +16,8 @@ export interface MountEntry {
   mountpoint: string;
   fstype: string;
   source: string;
+  /** Device number, e.g. "0:40" (names a FUSE mount's connection in fusectl). */
+  device: string;
 }
 
 /** Mounts from /proc/self/mountinfo (octal escapes decoded). */
@@ -29,7 +31,7 @@ export async function listMounts(): Promise<MountEntry[]> {
       const [pre, post] = line.split(' - ');
       const fields = (pre ?? '').split(' ');
       const [fstype, source] = (post ?? '').split(' ');
-      return { mountpoint: unescape(fields[4] ?? ''), fstype: fstype ?? '', source: unescape(source ?? '') };
+      return { mountpoint: unescape(fields[4] ?? ''), fstype: fstype ?? '', source: unescape(source ?? ''), device: fields[2] ?? '' };
     });
 }
 
