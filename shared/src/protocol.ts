@@ -4,7 +4,7 @@
  * host wrapper runs those commands over SSH. One request per line, one response per line (JSON),
  * each at most MAX_FRAME bytes. Secret values travel only in `putSecret` and are never logged.
  */
-import type { ErrorCode } from './errors.js';
+import { BridgeError, type ErrorCode } from './errors.js';
 
 export const MAX_FRAME = 1024 * 1024;
 export const CONTROL_SOCKET = 'control.sock';
@@ -54,3 +54,10 @@ export type ControlRequest =
   | { id: number; method: 'shutdown' };
 
 export type ControlResponse = { id: number; ok: true; result: unknown } | { id: number; ok: false; error: { code: ErrorCode | 'ERROR'; message: string } };
+
+/** The result of one response line, or the agent's error as a BridgeError (prefixing its message). */
+export function controlResult(line: string, messagePrefix = ''): unknown {
+  const res = JSON.parse(line) as ControlResponse;
+  if (res.ok) return res.result;
+  throw new BridgeError(res.error.code === 'ERROR' ? 'EIO' : res.error.code, messagePrefix + res.error.message);
+}

@@ -9,7 +9,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import ssh2 from 'ssh2';
 import { BridgeError, errorMessage } from '../../shared/src/errors.js';
 import { logger } from '../../shared/src/logger.js';
-import type { AgentStatus, ControlRequest, ControlResponse } from '../../shared/src/protocol.js';
+import { controlResult, type AgentStatus, type ControlRequest } from '../../shared/src/protocol.js';
 import { tail } from './runner.js';
 
 const log = logger().child({ component: 'agent-client' });
@@ -100,9 +100,11 @@ export class AgentSession {
           if (nl < 0) return;
           clearTimeout(timer);
           stream.close();
-          const res = JSON.parse(buf.slice(0, nl)) as ControlResponse;
-          if (res.ok) resolve(res.result);
-          else reject(new BridgeError(res.error.code === 'ERROR' ? 'EIO' : res.error.code, `agent: ${res.error.message}`));
+          try {
+            resolve(controlResult(buf.slice(0, nl), 'agent: '));
+          } catch (err) {
+            reject(err);
+          }
         });
         stream.on('close', () => {
           clearTimeout(timer);

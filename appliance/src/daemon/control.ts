@@ -7,7 +7,7 @@ import { createConnection, createServer, type Server } from 'node:net';
 import { promises as fsp } from 'node:fs';
 import { BridgeError, errorMessage, type ErrorCode } from '../../../shared/src/errors.js';
 import type { Logger } from '../../../shared/src/logger.js';
-import { MAX_FRAME, type ControlRequest, type ControlResponse } from '../../../shared/src/protocol.js';
+import { controlResult, MAX_FRAME, type ControlRequest, type ControlResponse } from '../../../shared/src/protocol.js';
 
 /** A request as a client writes it (the id is added here). */
 export type ControlCall = ControlRequest extends infer T ? (T extends unknown ? Omit<T, 'id'> : never) : never;
@@ -90,9 +90,11 @@ export function controlRequest(socketPath: string, req: ControlCall, timeoutMs =
       if (nl < 0) return;
       clearTimeout(timer);
       sock.end();
-      const res = JSON.parse(buf.slice(0, nl)) as ControlResponse;
-      if (res.ok) resolve(res.result);
-      else reject(new BridgeError(res.error.code === 'ERROR' ? 'EIO' : res.error.code, res.error.message));
+      try {
+        resolve(controlResult(buf.slice(0, nl)));
+      } catch (err) {
+        reject(err);
+      }
     });
   });
 }
