@@ -12,8 +12,9 @@ import ssh2 from 'ssh2';
 import { encodeConfigDrive } from '../../shared/src/config-drive.js';
 import type { AgentConfigInput } from '../../shared/src/config.js';
 import { freePort } from '../helpers/ports.js';
+import { generateEd25519 } from '../../wrapper/src/keys.js';
 
-const { Client, utils } = ssh2;
+const { Client } = ssh2;
 const run = promisify(execFile);
 export const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 
@@ -81,7 +82,7 @@ const DEFAULT_AGENT: AgentConfigInput = { version: 1, sources: [{ kind: 'memory'
 
 export async function bootAppliance(image: BuiltImage, opts: BootOptions = {}): Promise<ApplianceVm> {
   const work = mkdtempSync(join(tmpdir(), 'bridge-vm-'));
-  const keys = utils.generateKeyPairSync('ed25519', { comment: 'bridge-test' });
+  const keys = generateEd25519('bridge-test');
   const configDrive = join(work, 'config.img');
   writeFileSync(configDrive, encodeConfigDrive({ version: 1, name: 'bridge-test', sshAuthorizedKey: keys.public.trim(), agent: opts.agent ?? DEFAULT_AGENT }));
   const consoleLog = join(work, 'console.log');

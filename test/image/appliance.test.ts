@@ -13,6 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VERSION } from '../../shared/src/version.js';
 import { Rng } from '../helpers/random.js';
 import { bootAppliance, buildImage, sshExec, waitForSsh, type ApplianceVm, type BuiltImage } from './appliance-vm.js';
+import { generateEd25519 } from '../../wrapper/src/keys.js';
 
 const run = promisify(execFile);
 const SMB_PASSWORD = 'correct-horse-7';
@@ -97,8 +98,7 @@ describe('appliance image', () => {
 
   it('refuses passwords and other keys', async () => {
     await expect(sshExec(vm, 'true', 20_000, { password: 'root' })).rejects.toThrow(/authentication/i);
-    const { utils } = (await import('ssh2')).default;
-    const stranger = utils.generateKeyPairSync('ed25519').private;
+    const stranger = generateEd25519('stranger').private;
     await expect(sshExec(vm, 'true', 20_000, { privateKey: stranger })).rejects.toThrow(/authentication/i);
   });
 

@@ -2,14 +2,14 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import ssh2 from 'ssh2';
 import { afterAll, describe, expect, it } from 'vitest';
 import { consoleTail, waitForAgent } from '../../wrapper/src/agent-client.js';
+import { generateEd25519 } from '../../wrapper/src/keys.js';
 import { freePort } from '../helpers/ports.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'bridge-wait-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
-const key = ssh2.utils.generateKeyPairSync('ed25519').private;
+const key = generateEd25519('agent-wait-test').private;
 
 describe('waiting for the agent', () => {
   it('fails fast when the VM exits, with the console tail', async () => {

@@ -11,8 +11,19 @@ export interface InstanceKey {
   publicKey: string;
 }
 
+/**
+ * An ed25519 pair that ssh2 can parse back: its generator emits a malformed OpenSSH private key about
+ * once in 200 (measured here), which would make that instance unreachable.
+ */
+export function generateEd25519(comment: string): { private: string; public: string } {
+  for (;;) {
+    const pair = ssh2.utils.generateKeyPairSync('ed25519', { comment });
+    if (!(ssh2.utils.parseKey(pair.private) instanceof Error)) return pair;
+  }
+}
+
 export function createInstanceKey(name: string): InstanceKey {
-  const pair = ssh2.utils.generateKeyPairSync('ed25519', { comment: `bridge-${name}` });
+  const pair = generateEd25519(`bridge-${name}`);
   const dir = keyDir(name);
   const privateKeyPath = writePrivate(dir, 'id_ed25519', pair.private);
   writePrivate(dir, 'id_ed25519.pub', pair.public.trim() + '\n');
