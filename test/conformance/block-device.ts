@@ -6,7 +6,7 @@
  * what it wrote. Windows cover the device's start and its last bytes.
  */
 import { describe, expect, it as vitestIt } from 'vitest';
-import type { BlockDevice } from '../../appliance/src/block/device.js';
+import { isAllZero, type BlockDevice } from '../../appliance/src/block/device.js';
 import { isBridgeError } from '../../shared/src/errors.js';
 import { Rng } from '../helpers/random.js';
 
@@ -217,6 +217,35 @@ export function conformanceChecks(target: ConformanceTarget): Record<string, () 
         data.fill(0, zOff, zOff + zLen);
         data.fill(0, tOff, tOff + tLen);
         expect((await readAt(dev, 0, span)).equals(data)).toBe(true);
+      }));
+
+    it('reports extents (when it can) that agree with its contents', () =>
+      withDevice(async (dev) => {
+        if (!dev.extents) return;
+        const rng = new Rng(seed + 5);
+        if (dev.capabilities.writable) {
+          await dev.write(rng.bytes(5000), 4096 * 7 + 3);
+          await dev.zero(4096 * 40, 4096 * 3);
+        }
+        for (const w of windows(dev)) {
+          const data = await readAt(dev, w.start, w.length);
+          for (const [off, len] of [
+            [w.start, w.length],
+            [w.start + 1234, Math.max(1, w.length - 5000)],
+          ] as const) {
+            const ext = await dev.extents(off, len);
+            expect(ext.length, `extents at ${off}+${len}`).toBeGreaterThan(0);
+            let pos = off;
+            for (const e of ext) {
+              expect(Number.isSafeInteger(e.length) && e.length > 0, `extent length ${e.length}`).toBe(true);
+              // A range claimed to read as zeros must really do so.
+              if (e.zero) expect(isAllZero(data.subarray(pos - w.start, pos - w.start + e.length)), `zero extent at ${pos}+${e.length}`).toBe(true);
+              pos += e.length;
+            }
+            expect(pos - off, 'extents cover at most what was asked').toBeLessThanOrEqual(len);
+          }
+        }
+        await expectCode(dev.extents(dev.size - 1, 2), 'ERANGE');
       }));
 
     it('flushes, then refuses use after close', async () => {

@@ -3,6 +3,7 @@
  * least one check. Guards against a suite that passes everything.
  */
 import { describe, expect, it } from 'vitest';
+import type { Extent } from '../../appliance/src/block/device.js';
 import { MemoryBlockDevice } from '../../appliance/src/block/memory.js';
 import { conformanceChecks, type ConformanceTarget } from './block-device.js';
 
@@ -48,6 +49,13 @@ class RacyWrites extends MemoryBlockDevice {
   }
 }
 
+class LyingExtents extends MemoryBlockDevice {
+  // Bug: claims the whole range is a hole of zeros, data or not.
+  override async extents(_offset: number, length: number): Promise<Extent[]> {
+    return [{ length, hole: true, zero: true }];
+  }
+}
+
 describe('the conformance suite catches broken devices', () => {
   it('catches torn writes across block boundaries', async () => {
     expect(await failures({ open: async () => new TornWrites(SIZE) })).toContain('keeps unaligned writes across internal boundaries exactly (model check)');
@@ -64,6 +72,9 @@ describe('the conformance suite catches broken devices', () => {
   it('catches a device that forgets its contents on reopen', async () => {
     const failed = await failures({ open: async () => new MemoryBlockDevice(SIZE), reopen: async () => new MemoryBlockDevice(SIZE) });
     expect(failed).toContain('keeps its contents across close and reopen');
+  });
+  it('catches extents that claim zeros over data', async () => {
+    expect(await failures({ open: async () => new LyingExtents(SIZE) })).toContain('reports extents (when it can) that agree with its contents');
   });
   it('passes a correct device', async () => {
     expect(await failures({ open: async () => new MemoryBlockDevice(SIZE) })).toEqual([]);

@@ -26,6 +26,15 @@ export interface BlockCapabilities {
   readonly resizable: boolean;
 }
 
+/** One run of a device's allocation map (NBD base:allocation). */
+export interface Extent {
+  length: number;
+  /** No storage behind it (writes may allocate). */
+  hole: boolean;
+  /** Reads as zeros. */
+  zero: boolean;
+}
+
 export interface BlockDevice {
   /** Size in bytes. */
   readonly size: number;
@@ -42,6 +51,12 @@ export interface BlockDevice {
   trim(offset: number, length: number): Promise<void>;
   /** Make [offset, offset + length) read as zeros. */
   zero(offset: number, length: number): Promise<void>;
+  /**
+   * Optional: the allocation of [offset, offset + length) as consecutive runs starting at `offset`
+   * (may cover less than asked, never more). Lets NBD clients skip what reads as zeros. Without it,
+   * everything counts as data.
+   */
+  extents?(offset: number, length: number): Promise<Extent[]>;
   /** Grow (never shrink) the device. */
   resize?(newSize: number): Promise<void>;
   /** Flush and release resources. Further calls throw CLOSED. */
@@ -86,6 +101,14 @@ export function isAllZero(buf: Uint8Array): boolean {
   }
   for (let i = words * 8; i < buf.byteLength; i++) if (buf[i] !== 0) return false;
   return true;
+}
+
+/** Appends a run to `out`, merging it with the previous one when both have the same state. */
+export function pushExtent(out: Extent[], length: number, hole: boolean, zero: boolean): void {
+  if (length <= 0) return;
+  const last = out[out.length - 1];
+  if (last && last.hole === hole && last.zero === zero) last.length += length;
+  else out.push({ length, hole, zero });
 }
 
 /** Guards against use after close. */

@@ -2,7 +2,7 @@
  * A block device held in memory, allocated sparsely in pages so that `memory:1G` costs only what is
  * written. Not persistent. Used for demos, tests and benchmarks of the layers above.
  */
-import { checkIo, isAllZero, Lifecycle, type BlockCapabilities, type BlockDevice } from './device.js';
+import { checkIo, isAllZero, Lifecycle, pushExtent, type BlockCapabilities, type BlockDevice, type Extent } from './device.js';
 
 const PAGE = 1024 * 1024;
 
@@ -43,6 +43,18 @@ export class MemoryBlockDevice implements BlockDevice {
       }
       p.set(src, pageOff);
     });
+  }
+
+  /** Pages never written (or trimmed whole) are holes that read as zeros. */
+  async extents(offset: number, length: number): Promise<Extent[]> {
+    this.life.check();
+    const out: Extent[] = [];
+    if (!checkIo(this, offset, length, false)) return out;
+    this.forEachPage(offset, length, (page, _pageOff, _bufOff, n) => {
+      const hole = !this.pages.has(page);
+      pushExtent(out, n, hole, hole);
+    });
+    return out;
   }
 
   async flush(): Promise<void> {

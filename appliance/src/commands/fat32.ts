@@ -6,11 +6,12 @@
 import { Option, type Command } from 'commander';
 import { constants as fsc, promises as fsp } from 'node:fs';
 import { resolve } from 'node:path';
+import { BridgeError } from '../../../shared/src/errors.js';
 import { formatSize } from '../../../shared/src/size.js';
 import { buildFat32Volume, type Fat32Options, type Fat32Report, type Fat32Volume } from '../fat32/index.js';
-import { BlockFile } from '../fuse/block-file.js';
 import { onShutdown, untilShutdown } from '../process/shutdown.js';
 import { action, output, sizeOption } from './common.js';
+import { publishDevice } from './publish.js';
 
 interface Fat32CommandOptions {
   source: string;
@@ -22,6 +23,8 @@ interface Fat32CommandOptions {
   sourceIo?: 'sync' | 'async';
   readOnly?: boolean;
   journal?: string;
+  nbd?: string;
+  nbdName?: string;
 }
 
 function summary(r: Fat32Report): string {
@@ -64,7 +67,7 @@ export function register(program: Command): void {
 
   fat32
     .command('serve')
-    .description('serve the synthesized disk as MOUNTPOINT/disk.img through FUSE until SIGINT/SIGTERM')
+    .description('serve the synthesized disk as MOUNTPOINT/disk.img through FUSE and/or over NBD until SIGINT/SIGTERM')
     .requiredOption('--source <dir>', 'directory tree to present')
     .option('--size <size>', 'disk size (default: the tree plus max(10%, 256 MiB) of free space)', sizeOption('--size'))
     .option('--label <name>', 'volume label, up to 11 characters (default BRIDGE)')
@@ -77,14 +80,18 @@ export function register(program: Command): void {
     .option('--read-only', 'refuse every write to the disk (EROFS); default: write host changes back when the source is writable')
     .option('--journal <dir>', 'write-back journal directory, on the source file system (default SOURCE/.bridge-fat32)')
     .option('--report-file <path>', 'write the JSON report here when ready, and again whenever a source file is found changed or the write-back state changes')
-    .option('--json', 'print the served file and the report as JSON once ready')
-    .argument('<mountpoint>', 'directory to mount on (created when missing; a stale mount is cleared)')
+    .option('--nbd <address>', 'also (or, without MOUNTPOINT, only) serve over NBD: a Unix socket path, HOST:PORT or :PORT (loopback only)')
+    .option('--nbd-name <name>', 'NBD export name (default: the empty default name)')
+    .option('--json', 'print what is served and the report as JSON once ready')
+    .argument('[mountpoint]', 'directory to mount disk.img on (created when missing; a stale mount is cleared); optional with --nbd')
     .addHelpText(
       'after',
       `
 Examples:
   bridge-agent fat32 serve --source /srv/photos /mnt/fat        # serves /mnt/fat/disk.img
   mdir -i /mnt/fat/disk.img@@1M ::/                              # read it with mtools
+  bridge-agent fat32 serve --source /srv/photos --read-only --nbd /run/fat.sock   # NBD only
+  nbdcopy 'nbd+unix:///?socket=/run/fat.sock' copy.img                            # a real NBD client
   bridge-agent fat32 serve --source /srv/data --size 64G --label DATA --report-file /run/fat.json /mnt/fat
 
 The metadata is a snapshot taken at start; a file changed in the source afterwards reads as an I/O
@@ -96,7 +103,8 @@ renamed and deleted files and directories, modification times and the read-only 
 or boot-sector rewrite suspends the write-back; see docs/fat32.md, "Write path".`,
     )
     .action(
-      action(async (mountpoint: string, opts: Fat32CommandOptions) => {
+      action(async (mountpoint: string | undefined, opts: Fat32CommandOptions) => {
+        if (!mountpoint && !opts.nbd) throw new BridgeError('EINVAL', 'give a MOUNTPOINT for the FUSE file, --nbd ADDRESS, or both');
         const source = resolve(opts.source);
         const writable =
           !opts.readOnly &&
@@ -109,14 +117,14 @@ or boot-sector rewrite suspends the write-back; see docs/fat32.md, "Write path".
           writeBack: writable,
           ...(opts.journal ? { journalDir: resolve(opts.journal) } : {}),
         });
-        let file: BlockFile;
-        try {
-          file = await BlockFile.expose(vol, mountpoint, { readOnly: !writable, fsname: 'bridge-fat32', flushOnClose: true });
-        } catch (e) {
-          await vol.close();
-          throw e;
-        }
-        onShutdown('unmount FAT32 disk', () => file.close(), file.mountpoint);
+        const served = await publishDevice(vol, {
+          readOnly: !writable,
+          fsname: 'bridge-fat32',
+          flushOnClose: true,
+          ...(mountpoint ? { mountpoint } : {}),
+          ...(opts.nbd ? { nbd: opts.nbd } : {}),
+          ...(opts.nbdName !== undefined ? { nbdName: opts.nbdName } : {}),
+        });
         const reportFile = opts.reportFile;
         if (reportFile) {
           await writeReport(reportFile, vol);
@@ -136,8 +144,9 @@ or boot-sector rewrite suspends the write-back; see docs/fat32.md, "Write path".
         const report = vol.report();
         output(
           opts.json ?? false,
-          { file: file.path, size: vol.size, writable, report },
-          () => `serving ${file.path}\n${summary(report)}\nstop with Ctrl-C or SIGTERM`,
+          { ...served, size: vol.size, writable, report },
+          () =>
+            `${[served.file && `serving ${served.file}`, served.nbd && `serving NBD ${served.nbd}`].filter(Boolean).join('\n')}\n${summary(report)}\nstop with Ctrl-C or SIGTERM`,
         );
         await untilShutdown();
       }),

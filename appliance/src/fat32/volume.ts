@@ -11,7 +11,7 @@
 import { BridgeError } from '../../../shared/src/errors.js';
 import { logger, type Logger } from '../../../shared/src/logger.js';
 import { formatSize } from '../../../shared/src/size.js';
-import { checkIo, Lifecycle, type BlockCapabilities, type BlockDevice } from '../block/device.js';
+import { checkIo, Lifecycle, pushExtent, type BlockCapabilities, type BlockDevice, type Extent } from '../block/device.js';
 import { buildMbr, buildReservedArea, labelField } from './boot.js';
 import { allocateClusters, treeClusters, type ClusterMap } from './clusters.js';
 import { ATTR_DIRECTORY, ATTR_VOLUME_ID, DIRENT_SIZE, writeLfnEntries, writeShortEntry } from './dirent.js';
@@ -304,6 +304,40 @@ export class Fat32Volume implements BlockDevice {
       pos += n;
     }
     if (pending.length) await Promise.all(pending);
+  }
+
+  /**
+   * Allocation map for NBD block status: the gap before the partition, free clusters and the unused
+   * tail of each FAT read as zeros (holes: nothing stands behind them); everything else is data.
+   * A zero range the host wrote into counts as data.
+   */
+  async extents(offset: number, length: number): Promise<Extent[]> {
+    this.life.check();
+    const out: Extent[] = [];
+    if (!checkIo(this, offset, length, false)) return out;
+    const r = this.regions;
+    const end = offset + length;
+    const cm = this.clusters;
+    // FAT entries past the last used cluster are all zero.
+    const lastCluster = cm.runs ? cm.start[cm.runs - 1]! + cm.length[cm.runs - 1]! : 2;
+    const fatUsed = Math.ceil((lastCluster * 4) / SECTOR) * SECTOR;
+    const zeroAt = (from: number, to: number): void => {
+      // The overlay is checked sector by sector: beyond 32 MiB just call it data.
+      const written = this.overlay.sectorCount > 0 && (to - from > 32 * MIB || this.overlay.touches(from, to - from));
+      pushExtent(out, to - from, !written, !written);
+    };
+    for (let i = r.find(offset), pos = offset; pos < end; i++) {
+      const to = Math.min(end, r.end(i));
+      const kind = r.kind[i] as RegionKind;
+      if (kind === RegionKind.Zero) zeroAt(pos, to);
+      else if (kind === RegionKind.Fat) {
+        const usedEnd = r.start[i]! + fatUsed;
+        if (pos < usedEnd) pushExtent(out, Math.min(to, usedEnd) - pos, false, false);
+        if (to > usedEnd) zeroAt(Math.max(pos, usedEnd), to);
+      } else pushExtent(out, to - pos, false, false);
+      pos = to;
+    }
+    return out;
   }
 
   /** The used bytes of a directory (slots × 32): label or `.`/`..`, then each child's long-name and short entries. */
