@@ -14,7 +14,8 @@ PACKAGES=(
   qemu-system-x86 qemu-utils qemu-block-extra     # appliance VM, qemu-img (iscsi:// too)
   dosfstools mtools fdisk                         # FAT32 checks (fsck.fat, mtools, sfdisk)
   e2fsprogs xfsprogs btrfs-progs                  # filesystems on sources
-  s3backer nbdkit libnbd-bin                      # benchmark peers
+  s3backer nbdkit libnbd-bin                      # benchmark peers; NBD clients (nbdinfo, nbdcopy)
+  python3-libnbd                                  # nbdsh, for the NBD server tests
   debootstrap busybox-static cpio zstd            # image build
   openssh-client
 )
