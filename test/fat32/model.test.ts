@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect, it } from 'vitest';
 import { buildFat32Volume } from '../../appliance/src/fat32/index.js';
-import { FAT_EOC } from '../../appliance/src/fat32/clusters.js';
+import { ClusterMap, FAT_EOC } from '../../appliance/src/fat32/clusters.js';
 import { Rng } from '../helpers/random.js';
 
 it('locates every directory entry and maps every cluster back to its owner', async () => {
@@ -48,5 +48,34 @@ it('locates every directory entry and maps every cluster back to its owner', asy
     }
   } finally {
     rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+it('generates the same FAT bytes for aligned and unaligned reads of fragmented chains', () => {
+  const rng = new Rng(3);
+  // Runs of several owners with gaps, chained across runs (as the write path may make them).
+  const runs: { start: number; length: number; next: number; owner: number; base: number }[] = [];
+  let c = 2;
+  for (let i = 0; i < 300; i++) {
+    c += rng.int(0, 3);
+    const length = rng.int(1, 40);
+    runs.push({ start: c, length, next: rng.int(0, 1) ? FAT_EOC : c + length + 7, owner: i, base: 0 });
+    c += length;
+  }
+  const map = ClusterMap.fromRuns(runs);
+  const bytes = (c + 16) * 4;
+  // Reference: one entry at a time through the unaligned path.
+  const ref = Buffer.alloc(bytes);
+  for (let at = 0; at < bytes; at += 3) map.fillFat(ref.subarray(at, Math.min(bytes, at + 3)), at);
+  expect(ref.readUInt32LE(0)).toBe(0x0ffffff8);
+  const whole = Buffer.alloc(bytes);
+  map.fillFat(whole, 0);
+  expect(whole.equals(ref)).toBe(true);
+  for (let i = 0; i < 200; i++) {
+    const at = rng.int(0, bytes / 4 - 1) * 4;
+    const len = rng.int(1, Math.min(600, bytes / 4 - at / 4)) * 4;
+    const part = Buffer.alloc(len, 0xee);
+    map.fillFat(part, at);
+    expect(part.equals(ref.subarray(at, at + len)), `FAT bytes at ${at}+${len}`).toBe(true);
   }
 });

@@ -100,8 +100,9 @@ export class ClusterMap {
    * free clusters and the padding after the last cluster read as zero.
    */
   fillFat(target: Uint8Array, fatByte: number): void {
-    const view = new DataView(target.buffer, target.byteOffset, target.byteLength);
     target.fill(0);
+    if (LITTLE_ENDIAN && fatByte % 4 === 0 && target.byteOffset % 4 === 0 && target.length % 4 === 0) return this.fillFatAligned(target, fatByte / 4);
+    const view = new DataView(target.buffer, target.byteOffset, target.byteLength);
     // Whole 4-byte entries overlapping the request; partial ones go through a scratch entry.
     const firstEntry = Math.floor(fatByte / 4);
     const lastEntry = Math.floor((fatByte + target.length - 1) / 4);
@@ -126,7 +127,27 @@ export class ClusterMap {
       for (let c = from; c <= to; c++) put(c, c === end - 1 ? this.next[i]! : c + 1);
     }
   }
+
+  /** fillFat for whole, aligned entries (every sector-sized read): one typed-array store per entry. */
+  private fillFatAligned(target: Uint8Array, firstEntry: number): void {
+    const u32 = new Uint32Array(target.buffer, target.byteOffset, target.length / 4);
+    const lastEntry = firstEntry + u32.length - 1;
+    if (firstEntry === 0) u32[0] = FAT0;
+    if (firstEntry <= 1 && lastEntry >= 1) u32[1 - firstEntry] = FAT1;
+    for (let i = this.firstRunEndingAfter(Math.max(firstEntry, ROOT_CLUSTER)); i < this.start.length; i++) {
+      const s = this.start[i]!;
+      if (s > lastEntry) break;
+      const end = s + this.length[i]!; // exclusive
+      const to = Math.min(end - 1, lastEntry);
+      // Entry c holds c + 1 (the chain runs on), the run's last entry its `next`.
+      for (let c = Math.max(s, firstEntry); c < to; c++) u32[c - firstEntry] = c + 1;
+      u32[to - firstEntry] = to === end - 1 ? this.next[i]! : to + 1;
+    }
+  }
 }
+
+/** Typed arrays use the host's byte order; FAT entries are little-endian. */
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
 /** Clusters an entry needs: directories at least one (for `.` and `..`), files ceil(size / cluster). */
 export function clustersNeeded(t: EntryTable, i: number, clusterSize: number): number {

@@ -110,6 +110,9 @@ export function normalizeLabel(label: string): string {
   return up.trimEnd();
 }
 
+/** File reads at least this large run on libuv's pool even with sync source I/O. */
+const POOL_READ_MIN = 128 * 1024;
+
 /** Bytes of directory data kept generated (whole directories, least recently used dropped). */
 const DIR_CACHE_BYTES = 8 * MIB;
 
@@ -296,7 +299,9 @@ export class Fat32Volume implements BlockDevice {
           const valid = Math.max(0, Math.min(n, size - within));
           if (valid < n) part.fill(0, valid);
           if (valid === 0) break;
-          if (this.syncIo) this.files.readSync(entry, part.subarray(0, valid), within);
+          // Small reads are cheapest as system calls on this thread; large copies go to the pool, so they
+          // overlap with the socket or FUSE work of other requests.
+          if (this.syncIo && valid < POOL_READ_MIN) this.files.readSync(entry, part.subarray(0, valid), within);
           else pending.push(this.files.read(entry, part.subarray(0, valid), within));
           break;
         }
