@@ -2,10 +2,11 @@
  * `npm run bench -- fat32 [--scale]`
  *
  * Default: our synthesized FAT32 disk beside nbdkit's floppy plugin on the same tree (20,000 files
- * in 100 directories plus one 512 MiB file, generated once under /var/tmp and reused): time from
- * start until the first sector can be read, whole-device sequential read time (nbdcopy for both,
- * and dd bs=1M for ours), peak RSS of the serving process. Our disk gets the same size as nbdkit's
- * so that both reads move the same number of bytes.
+ * in 100 directories plus one 512 MiB file, generated once under /var/tmp and reused), `--rounds=N`
+ * times (default 2): time from start until the boot sector can be read over NBD (the same probe
+ * for both), whole-device read with nbdcopy over NBD (same transport, same client), our FUSE file
+ * read by nbdcopy too, peak RSS of the serving process. Our disk gets nbdkit's size so both reads
+ * move the same bytes; ours serves --read-only, as nbdkit floppy does.
  *
  * --scale: 100,000 files in 10,000 directories: time to build, peak RSS and heap of the serving
  * process, and fsck.fat over the FUSE file through a loop device.
@@ -13,11 +14,11 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, openSync, closeSync, writeSync, promises as fsp, rmSync } from 'node:fs';
-import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { Rng } from '../helpers/random.js';
+import { NbdClientDevice } from '../nbd/client.js';
 
 const execFileP = promisify(execFile);
 const CLI = resolve(import.meta.dirname, '../../dist/appliance/src/cli.js');
@@ -67,16 +68,16 @@ async function waitFor<T>(probe: () => Promise<T | undefined>, timeoutMs: number
   }
 }
 
-/** Resolves when an NBD server on the socket sends its greeting. */
-function nbdGreets(sock: string): Promise<true | undefined> {
-  return new Promise((res) => {
-    const s = connect(sock);
-    s.once('data', () => {
-      s.destroy();
-      res(true);
-    });
-    s.once('error', () => res(undefined));
-  });
+/** True once an NBD server on the socket completes the handshake and returns a boot sector (0x55AA). */
+async function nbdReadable(sock: string): Promise<true | undefined> {
+  const dev = await NbdClientDevice.connect(sock);
+  try {
+    const b = Buffer.alloc(512);
+    await dev.read(b, 0);
+    return b[510] === 0x55 && b[511] === 0xaa ? true : undefined;
+  } finally {
+    await dev.close();
+  }
 }
 
 async function firstSectorReadable(file: string): Promise<true | undefined> {
@@ -104,64 +105,80 @@ function stop(child: ChildProcess): Promise<void> {
   });
 }
 
-/**
- * The fat32 command registered alone on a bare commander program: what `bridge-agent fat32 serve`
- * would cost if cli.ts loaded the other commands' modules (S3 client, zod, ...) only when used.
- */
-const LONE_COMMAND = `import { Command } from 'commander';
-import { register } from ${JSON.stringify(resolve(import.meta.dirname, '../../dist/appliance/src/commands/fat32.js'))};
-const p = new Command('bridge-agent');
-register(p);
-await p.parseAsync(process.argv.slice(1), { from: 'user' });`;
+interface Ours {
+  child: ChildProcess;
+  readyS: number;
+}
 
-async function startOurs(source: string, mnt: string, size?: number, lone = false): Promise<{ child: ChildProcess; readyS: number }> {
+/** Starts `fat32 serve --read-only` (nbdkit floppy is read-only too) and waits until its device is readable. */
+async function startOurs(source: string, where: { nbd: string } | { mnt: string }, size?: number): Promise<Ours> {
   const t0 = process.hrtime.bigint();
-  const cmd = ['fat32', 'serve', '--source', source, ...(size ? ['--size', String(size)] : []), mnt];
-  const args = lone ? ['--input-type=module', '-e', LONE_COMMAND, ...cmd] : [CLI, '--log-level', 'warn', ...cmd];
-  const child = spawn(process.execPath, args, {
+  const target = 'nbd' in where ? ['--nbd', where.nbd] : [where.mnt];
+  const cmd = ['fat32', 'serve', '--read-only', '--source', source, ...(size ? ['--size', String(size)] : []), ...target];
+  const child = spawn(process.execPath, [CLI, '--log-level', 'warn', ...cmd], {
     stdio: ['ignore', 'ignore', 'inherit'],
     cwd: resolve(import.meta.dirname, '../..'),
-    env: { ...process.env, BRIDGE_LOG_LEVEL: 'warn' },
   });
-  await waitFor(() => firstSectorReadable(join(mnt, 'disk.img')), 120_000, 'bridge fat32');
+  if ('nbd' in where) await waitFor(() => nbdReadable(where.nbd), 120_000, 'bridge fat32 over NBD');
+  else await waitFor(() => firstSectorReadable(join(where.mnt, 'disk.img')), 120_000, 'bridge fat32 FUSE file');
   return { child, readyS: Number(process.hrtime.bigint() - t0) / 1e9 };
+}
+
+interface Round {
+  nbdkit: { ready: number; read: number; rss: number };
+  nbd: { ready: number; read: number; rss: number };
+  fuse: { ready: number; read: number; rss: number };
+  defaultReady: number;
 }
 
 async function compare(args: string[]): Promise<void> {
   const root = args.find((a) => a.startsWith('--dir='))?.slice(6) ?? '/var/tmp/bridge-fat32-bench/tree-20k';
+  const rounds = Number(args.find((a) => a.startsWith('--rounds='))?.slice(9) ?? 2);
   await makeTree(root, 20_000, 100, true, 20261122);
   const work = mkdtempSync(join(tmpdir(), 'bridge-fat32-bench-'));
-  const sock = join(work, 'nbd.sock');
+  const kSock = join(work, 'nbdkit.sock');
+  const oSock = join(work, 'ours.sock');
   const mnt = join(work, 'mnt');
-  // Warm the page cache of the source so neither side pays for the first touch.
-  await execFileP('sh', ['-c', `cat ${JSON.stringify(root)}/big.bin > /dev/null; find ${JSON.stringify(root)} -type f -exec cat {} + > /dev/null`]);
+  const uri = (sock: string): string => `nbd+unix:///?socket=${sock}`;
+  const results: Round[] = [];
+  let nbdSize = 0;
   try {
-    // nbdkit floppy
-    const t0 = process.hrtime.bigint();
-    const nbd = spawn('nbdkit', ['-f', '-U', sock, '--exit-with-parent', 'floppy', root], { stdio: ['ignore', 'ignore', 'inherit'] });
-    await waitFor(() => nbdGreets(sock), 120_000, 'nbdkit');
-    const nbdReady = Number(process.hrtime.bigint() - t0) / 1e9;
-    const nbdSize = Number((await execFileP('nbdinfo', ['--size', `nbd+unix:///?socket=${sock}`])).stdout.trim());
-    const nbdRead = await timed('nbdcopy', [`nbd+unix:///?socket=${sock}`, 'null:']);
-    const nbdRss = await peakRss(nbd.pid!);
-    await stop(nbd);
+    for (let r = 0; r < rounds; r++) {
+      // Warm the page cache of the source so neither side pays for the first touch.
+      await execFileP('sh', ['-c', `cat ${JSON.stringify(root)}/big.bin > /dev/null; find ${JSON.stringify(root)} -type f -exec cat {} + > /dev/null`]);
+      // nbdkit floppy
+      rmSync(kSock, { force: true }); // nbdkit leaves its socket behind when stopped
+      const t0 = process.hrtime.bigint();
+      const nbd = spawn('nbdkit', ['-f', '-U', kSock, '--exit-with-parent', 'floppy', root], { stdio: ['ignore', 'ignore', 'inherit'] });
+      await waitFor(() => nbdReadable(kSock), 120_000, 'nbdkit');
+      const kReady = Number(process.hrtime.bigint() - t0) / 1e9;
+      nbdSize = Number((await execFileP('nbdinfo', ['--size', uri(kSock)])).stdout.trim());
+      const kRead = await timed('nbdcopy', [uri(kSock), 'null:']);
+      const kRss = await peakRss(nbd.pid!);
+      await stop(nbd);
 
-    // ours, same disk size as nbdkit's
-    const ours = await startOurs(root, mnt, nbdSize);
-    const ourRead = await timed('nbdcopy', [join(mnt, 'disk.img'), 'null:']);
-    const ourRss = await peakRss(ours.child.pid!);
-    await stop(ours.child);
-    // dd through a fresh mount (the kernel caches the FUSE file's pages between opens).
-    const again = await startOurs(root, mnt, nbdSize);
-    const ddRead = await timed('dd', [`if=${join(mnt, 'disk.img')}`, 'of=/dev/null', 'bs=1M']);
-    const ddRss = await peakRss(again.child.pid!);
-    await stop(again.child);
-    // ours with the default size (tree + headroom), ready time only
-    const dflt = await startOurs(root, mnt);
-    await stop(dflt.child);
-    // the fat32 command without the rest of the CLI's modules
-    const lone = await startOurs(root, mnt, nbdSize, true);
-    await stop(lone.child);
+      // ours over NBD, same disk size, same client
+      const ours = await startOurs(root, { nbd: oSock }, nbdSize);
+      const oRead = await timed('nbdcopy', [uri(oSock), 'null:']);
+      const oRss = await peakRss(ours.child.pid!);
+      await stop(ours.child);
+
+      // ours through the FUSE file (nbdcopy reads the file)
+      const fuse = await startOurs(root, { mnt }, nbdSize);
+      const fRead = await timed('nbdcopy', [join(mnt, 'disk.img'), 'null:']);
+      const fRss = await peakRss(fuse.child.pid!);
+      await stop(fuse.child);
+
+      // ours with the default size (tree + headroom), ready time only
+      const dflt = await startOurs(root, { nbd: oSock });
+      await stop(dflt.child);
+      results.push({
+        nbdkit: { ready: kReady, read: kRead, rss: kRss },
+        nbd: { ready: ours.readyS, read: oRead, rss: oRss },
+        fuse: { ready: fuse.readyS, read: fRead, rss: fRss },
+        defaultReady: dflt.readyS,
+      });
+    }
     // in-process: scan + layout only
     const { buildFat32Volume } = await import('../../appliance/src/fat32/index.js');
     const { configureLogger } = await import('../../shared/src/logger.js');
@@ -170,32 +187,38 @@ async function compare(args: string[]): Promise<void> {
     const vol = await buildFat32Volume(root, { size: nbdSize });
     const buildS = Number(process.hrtime.bigint() - tb) / 1e9;
     await vol.close();
-    // the FUSE file's own ceiling: a memory device of the same size read the same way
-    const mem = spawn(process.execPath, [CLI, '--log-level', 'warn', 'expose', '--device', `memory:${nbdSize}`, mnt], {
+    // The transports' own ceilings: a memory device of the same size (all data), read the same ways.
+    const memSrc = join('/dev/shm', `bridge-bench-${process.pid}.bin`);
+    await execFileP('sh', ['-c', `head -c ${nbdSize} /dev/urandom > ${memSrc}`]);
+    const mem = spawn(process.execPath, [CLI, '--log-level', 'warn', 'expose', '--device', `memory:${nbdSize}`, '--nbd', oSock, mnt], {
       stdio: ['ignore', 'ignore', 'inherit'],
     });
     await waitFor(() => fsp.stat(join(mnt, 'disk.img')).then((st) => (st.size === nbdSize ? true : undefined)), 60_000, 'memory device');
-    const memRead = await timed('nbdcopy', [join(mnt, 'disk.img'), 'null:']);
+    await execFileP('nbdcopy', [memSrc, uri(oSock)]);
+    rmSync(memSrc, { force: true });
+    const memNbd = await timed('nbdcopy', [uri(oSock), 'null:']);
+    const memFuse = await timed('nbdcopy', [join(mnt, 'disk.img'), 'null:']);
     await stop(mem);
 
-    const mbps = (bytes: number, s: number): string => `${(bytes / s / 1e6).toFixed(0)} MB/s`;
-    say(`\nFAT32 synthesis: 20,000 files in 100 directories + 512 MiB file (${root})`);
-    say(`                         ready (s)  whole-device read       size      peak RSS`);
-    say(
-      `nbdkit floppy            ${nbdReady.toFixed(3).padStart(8)}  ${nbdRead.toFixed(2)} s (${mbps(nbdSize, nbdRead)}, nbdcopy)  ${(nbdSize / MIB).toFixed(0)} MiB  ${(nbdRss / MIB).toFixed(1)} MiB`,
-    );
-    say(
-      `bridge fat32 (FUSE)      ${ours.readyS.toFixed(3).padStart(8)}  ${ourRead.toFixed(2)} s (${mbps(nbdSize, ourRead)}, nbdcopy)  ${(nbdSize / MIB).toFixed(0)} MiB  ${(ourRss / MIB).toFixed(1)} MiB`,
-    );
-    say(
-      `bridge fat32 (FUSE, dd)  ${again.readyS.toFixed(3).padStart(8)}  ${ddRead.toFixed(2)} s (${mbps(nbdSize, ddRead)}, dd bs=1M)  ${(nbdSize / MIB).toFixed(0)} MiB  ${(ddRss / MIB).toFixed(1)} MiB`,
-    );
-    say(`bridge fat32, default size: ready ${dflt.readyS.toFixed(3)} s`);
-    say(`bridge fat32 command alone (no other CLI modules loaded): ready ${lone.readyS.toFixed(3)} s`);
+    const mbps = (s: number): string => `${(nbdSize / s / 1e6).toFixed(0)} MB/s`;
+    const row = (name: string, x: { ready: number; read: number; rss: number }, how: string): void =>
+      say(
+        `${name.padEnd(26)}${x.ready.toFixed(3).padStart(8)}  ${x.read.toFixed(2)} s (${mbps(x.read)}, ${how})`.padEnd(76) + `${(x.rss / MIB).toFixed(1)} MiB`,
+      );
+    say(`\nFAT32 synthesis: 20,000 files in 100 directories + 512 MiB file (${root}); disk ${(nbdSize / MIB).toFixed(0)} MiB (nbdkit's size) for all`);
+    results.forEach((res, i) => {
+      say(`round ${i + 1}                    ready (s)  whole-device read                             peak RSS`);
+      row('nbdkit floppy', res.nbdkit, 'nbdcopy over NBD');
+      row('bridge fat32 --nbd', res.nbd, 'nbdcopy over NBD');
+      row('bridge fat32 FUSE file', res.fuse, 'nbdcopy on disk.img');
+      say(`bridge fat32 --nbd, default size: ready ${res.defaultReady.toFixed(3)} s`);
+      say(
+        `ratios: ready ${(res.nbd.ready / res.nbdkit.ready).toFixed(2)}x nbdkit's time (goal <= 1); read throughput over NBD ${(res.nbdkit.read / res.nbd.read).toFixed(2)}x nbdkit's, FUSE file ${(res.nbdkit.read / res.fuse.read).toFixed(2)}x (goal >= 0.8)`,
+      );
+    });
     say(`in-process scan + layout of the tree: ${buildS.toFixed(3)} s`);
-    say(`FUSE file ceiling (memory device, nbdcopy): ${memRead.toFixed(2)} s (${mbps(nbdSize, memRead)})`);
     say(
-      `ratios: ready ${(ours.readyS / nbdReady).toFixed(2)}x nbdkit's time (goal <= 1); read throughput ${(nbdRead / ourRead).toFixed(2)}x nbdkit's (goal >= 0.8)`,
+      `transport ceilings (memory device, all data, nbdcopy): NBD ${memNbd.toFixed(2)} s (${mbps(memNbd)}), FUSE file ${memFuse.toFixed(2)} s (${mbps(memFuse)})`,
     );
   } finally {
     await execFileP('fusermount', ['-uz', mnt]).catch(() => undefined);
@@ -211,7 +234,7 @@ async function scale(args: string[]): Promise<void> {
   const work = mkdtempSync(join(tmpdir(), 'bridge-fat32-scale-'));
   const mnt = join(work, 'mnt');
   try {
-    const ours = await startOurs(root, mnt);
+    const ours = await startOurs(root, { mnt });
     const builtRss = await peakRss(ours.child.pid!);
     const img = join(mnt, 'disk.img');
     const size = (await fsp.stat(img)).size;

@@ -7,11 +7,12 @@
  * never touches the mount itself, so the loop that answers the kernel is never blocked by it.
  */
 import Fuse, { type Ops, type Stat } from 'fuse-native';
+import { promises as fsp } from 'node:fs';
 import { resolve } from 'node:path';
 import { errnoOf, errorMessage, BridgeError } from '../../../shared/src/errors.js';
 import { logger, type Logger } from '../../../shared/src/logger.js';
 import type { BlockDevice } from '../block/device.js';
-import { lazyUnmount, prepareMountpoint } from './mounts.js';
+import { findMount, lazyUnmount, prepareMountpoint } from './mounts.js';
 
 export interface BlockFileOptions {
   /** Name of the file inside the mount (default disk.img). */
@@ -22,8 +23,23 @@ export interface BlockFileOptions {
   fsname?: string;
   /** close() of a descriptor opened for writing flushes the device (for writers that never fsync, e.g. mtools). */
   flushOnClose?: boolean;
+  /** The kernel queue's mount options (default QUEUE_OPTIONS) and read-ahead (default READ_AHEAD_KB); for benchmarks comparing settings. */
+  queueOptions?: string;
+  readAheadKb?: number;
   log?: Logger;
 }
+
+/**
+ * Requests the kernel keeps in flight to us (read-ahead and other background requests): libfuse2's
+ * default is 12 (congested at 9). fuse-native answers every request on the JS thread, one wake-up per
+ * batch of requests that arrived meanwhile, so a deeper queue means more work per wake-up
+ * (docs/fat32.md, "FUSE path", has the measurements).
+ */
+export const QUEUE_OPTIONS = 'max_background=64,congestion_threshold=48';
+/** Read-ahead of the mount's bdi (kernel default 128 KiB); measured in docs/fat32.md, "FUSE path". */
+export const READ_AHEAD_KB = 1024;
+/** libfuse2's own defaults, for comparison. */
+export const LIBFUSE_DEFAULT_QUEUE = 'max_background=12,congestion_threshold=9';
 
 const O_ACCMODE = 3;
 const O_RDONLY = 0;
@@ -72,8 +88,9 @@ export class BlockFile {
     await prepareMountpoint(this.mountpoint, this.log);
     const fuse = new Fuse(this.mountpoint, this.ops(), {
       allowOther: true,
-      // Extra options ride in fsname: 128 KiB requests (libfuse2's maximum) instead of 4 KiB pages.
-      fsname: `${this.options.fsname ?? 'bridge'},big_writes,max_write=131072`,
+      // Extra options ride in fsname: 128 KiB requests (libfuse2's maximum) instead of 4 KiB pages,
+      // and a deeper kernel queue (QUEUE_OPTIONS).
+      fsname: `${this.options.fsname ?? 'bridge'},big_writes,max_write=131072,${this.options.queueOptions ?? QUEUE_OPTIONS}`,
       maxRead: 131072,
       // Only this file changes the device, so the kernel may keep its page cache across opens.
       kernelCache: true,
@@ -86,7 +103,23 @@ export class BlockFile {
       fuse.mount((err) => (err ? rej(new BridgeError('EIO', `cannot mount FUSE at ${this.mountpoint}: ${err.message}`)) : res())),
     );
     this.fuse = fuse;
+    await this.raiseReadAhead();
     this.log.info('serving block device', { file: this.path, size: this.device.size, writable: this.writable });
+  }
+
+  /**
+   * The kernel reads ahead at most 128 KiB on a FUSE mount (one request ahead), and FUSE's init cannot
+   * ask for more; the mount's bdi can be told so after mounting (root only; failure just keeps 128).
+   */
+  private async raiseReadAhead(): Promise<void> {
+    // FUSE's INIT reply resets the value: wait for it, which any request does (asynchronously: this
+    // thread answers it).
+    await fsp.stat(this.mountpoint).catch(() => undefined);
+    const mount = await findMount(this.mountpoint).catch(() => undefined);
+    if (!mount?.device) return;
+    await fsp
+      .writeFile(`/sys/class/bdi/${mount.device}/read_ahead_kb`, `${this.options.readAheadKb ?? READ_AHEAD_KB}\n`)
+      .catch((e: unknown) => this.log.debug('cannot raise the FUSE read-ahead', { error: errorMessage(e) }));
   }
 
   private ops(): Ops {

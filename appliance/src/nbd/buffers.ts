@@ -8,7 +8,7 @@ export class BufferPool {
   private readonly free = new Map<number, Buffer[]>();
   private pooledBytes = 0;
 
-  constructor(private readonly maxPooledBytes = 64 * 1024 * 1024) {}
+  constructor(private readonly maxPooledBytes = 16 * 1024 * 1024) {}
 
   /** A buffer of exactly `length` bytes (uninitialised), backed by a poolable allocation. */
   take(length: number): Buffer {

@@ -33,9 +33,9 @@ type State =
   | { kind: 'done' };
 
 /** Requests in flight per connection before we stop reading more (the client's queue waits in the socket). */
-const MAX_IN_FLIGHT = 64;
+const MAX_IN_FLIGHT = 16;
 /** Reply bytes queued in the socket before we stop reading requests. */
-const MAX_QUEUED = 64 * 1024 * 1024;
+const MAX_QUEUED = 4 * 1024 * 1024;
 /** Extents per block-status reply at most (a reply may cover less than asked). */
 const MAX_EXTENTS = 4096;
 const KNOWN_CMD_FLAGS = P.CMD_FLAG_FUA | P.CMD_FLAG_NO_HOLE | P.CMD_FLAG_DF | P.CMD_FLAG_REQ_ONE;
