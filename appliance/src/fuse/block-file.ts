@@ -12,7 +12,7 @@ import { resolve } from 'node:path';
 import { errnoOf, errorMessage, BridgeError } from '../../../shared/src/errors.js';
 import { logger, type Logger } from '../../../shared/src/logger.js';
 import type { BlockDevice } from '../block/device.js';
-import { findMount, lazyUnmount, prepareMountpoint } from './mounts.js';
+import { findMount, lazyUnmount, prepareMountpoint, untilAnswering } from './mounts.js';
 
 export interface BlockFileOptions {
   /** Name of the file inside the mount (default disk.img). */
@@ -112,9 +112,9 @@ export class BlockFile {
    * ask for more; the mount's bdi can be told so after mounting (root only; failure just keeps 128).
    */
   private async raiseReadAhead(): Promise<void> {
-    // FUSE's INIT reply resets the value: wait for it, which any request does (asynchronously: this
-    // thread answers it).
-    await fsp.stat(this.mountpoint).catch(() => undefined);
+    // FUSE's INIT reply resets the value: wait until requests are answered (asynchronously: this
+    // thread answers them).
+    await untilAnswering(this.mountpoint);
     const mount = await findMount(this.mountpoint).catch(() => undefined);
     if (!mount?.device) return;
     await fsp

@@ -5,7 +5,7 @@
  */
 import { execFile } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { BridgeError } from '../../../shared/src/errors.js';
 import type { Logger } from '../../../shared/src/logger.js';
@@ -42,19 +42,28 @@ export async function findMount(mountpoint: string): Promise<MountEntry | undefi
   return mounts.filter((m) => m.mountpoint === abs).pop();
 }
 
-/** stat() with a time limit, so a hung FUSE server cannot hang us. */
-async function statWithin(path: string, ms: number): Promise<'ok' | 'dead' | 'hung' | 'missing'> {
+/**
+ * Asks a FUSE mount's server something with a time limit, so a hung server cannot hang us: the
+ * lookup of a name that does not exist, which the kernel never answers from its caches (cached
+ * attributes of the root would make a dead server look alive). ENOENT means a server answered.
+ */
+async function probeWithin(mountpoint: string, ms: number): Promise<'ok' | 'dead' | 'hung'> {
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<'hung'>((r) => (timer = setTimeout(() => r('hung'), ms)));
-  const probe = fsp.stat(path).then(
+  const probe = fsp.stat(join(mountpoint, `.bridge-probe-${process.pid}-${Date.now()}`)).then(
     () => 'ok' as const,
-    (e: NodeJS.ErrnoException) => (e.code === 'ENOENT' ? ('missing' as const) : ('dead' as const)),
+    (e: NodeJS.ErrnoException) => (e.code === 'ENOENT' ? ('ok' as const) : ('dead' as const)),
   );
   try {
     return await Promise.race([probe, timeout]);
   } finally {
     clearTimeout(timer);
   }
+}
+
+/** Resolves once the FUSE server at `mountpoint` answers requests (its INIT is done); async, so it may be our own. */
+export async function untilAnswering(mountpoint: string): Promise<void> {
+  await probeWithin(mountpoint, 5000);
 }
 
 export async function lazyUnmount(mountpoint: string): Promise<void> {
@@ -76,7 +85,7 @@ export async function prepareMountpoint(mountpoint: string, log: Logger): Promis
     if (!existing.fstype.startsWith('fuse')) {
       throw new BridgeError('EBUSY', `mountpoint ${abs} already has a ${existing.fstype} filesystem mounted on it`);
     }
-    const state = await statWithin(abs, 2000);
+    const state = await probeWithin(abs, 2000);
     if (state === 'ok') {
       throw new BridgeError('EBUSY', `mountpoint ${abs} is served by another live FUSE process (${existing.source}); stop it or run: fusermount -uz ${abs}`);
     }
