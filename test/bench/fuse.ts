@@ -1,14 +1,14 @@
 /**
  * `npm run bench -- fuse [SIZE_MIB]`: sequential 1 MiB reads and writes through the FUSE file of a
- * memory device, beside dd on tmpfs in the same run, with the kernel queue and read-ahead we mount
- * with (QUEUE_OPTIONS, READ_AHEAD_KB) and with libfuse2's and the kernel's defaults, alternating. Source data is random (from tmpfs) so the
+ * memory device, beside dd on tmpfs in the same run: libfuse2's and the kernel's defaults (what we
+ * mount with), a deeper kernel queue, more read-ahead, and both, alternating. Source data is random (from tmpfs) so the
  * memory device cannot keep zeros as holes. Reads are cold (page cache dropped before each), with dd
  * bs=1M and with nbdcopy (several requests in flight).
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { MemoryBlockDevice } from '../../appliance/src/block/memory.js';
-import { BlockFile, LIBFUSE_DEFAULT_QUEUE, QUEUE_OPTIONS, READ_AHEAD_KB } from '../../appliance/src/fuse/block-file.js';
+import { BlockFile, DEEP_QUEUE, DEEP_READ_AHEAD_KB, LIBFUSE_DEFAULT_QUEUE } from '../../appliance/src/fuse/block-file.js';
 import { configureLogger } from '../../shared/src/logger.js';
 import { dropCaches, sh } from '../helpers/exec.js';
 
@@ -30,9 +30,11 @@ export async function run(args: string[]): Promise<void> {
   const dd = (iff: string, of: string, extra: string[] = []): Promise<string> =>
     sh('dd', [`if=${iff}`, `of=${of}`, 'bs=1M', `count=${mib}`, ...extra, 'status=none']);
   const rows: [string, number, number][] = [];
-  const variants: [string, { queueOptions: string; readAheadKb: number }][] = [
-    [`tuned (${QUEUE_OPTIONS}, read-ahead ${READ_AHEAD_KB} KiB)`, { queueOptions: QUEUE_OPTIONS, readAheadKb: READ_AHEAD_KB }],
-    [`defaults (${LIBFUSE_DEFAULT_QUEUE}, read-ahead 128 KiB)`, { queueOptions: LIBFUSE_DEFAULT_QUEUE, readAheadKb: 128 }],
+  const variants: [string, { queueOptions?: string; readAheadKb?: number }][] = [
+    [`defaults (${LIBFUSE_DEFAULT_QUEUE}, read-ahead 128 KiB)`, {}],
+    [`deep queue (${DEEP_QUEUE})`, { queueOptions: DEEP_QUEUE }],
+    [`read-ahead ${DEEP_READ_AHEAD_KB} KiB`, { readAheadKb: DEEP_READ_AHEAD_KB }],
+    [`both`, { queueOptions: DEEP_QUEUE, readAheadKb: DEEP_READ_AHEAD_KB }],
   ];
   try {
     for (let round = 0; round < 2; round++) {

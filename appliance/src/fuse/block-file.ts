@@ -23,23 +23,21 @@ export interface BlockFileOptions {
   fsname?: string;
   /** close() of a descriptor opened for writing flushes the device (for writers that never fsync, e.g. mtools). */
   flushOnClose?: boolean;
-  /** The kernel queue's mount options (default QUEUE_OPTIONS) and read-ahead (default READ_AHEAD_KB); for benchmarks comparing settings. */
+  /** Extra kernel queue options (e.g. DEEP_QUEUE) and a read-ahead for the mount (KiB); default: libfuse's and the kernel's. */
   queueOptions?: string;
   readAheadKb?: number;
   log?: Logger;
 }
 
 /**
- * Requests the kernel keeps in flight to us (read-ahead and other background requests): libfuse2's
- * default is 12 (congested at 9). fuse-native answers every request on the JS thread, one wake-up per
- * batch of requests that arrived meanwhile, so a deeper queue means more work per wake-up
- * (docs/fat32.md, "FUSE path", has the measurements).
+ * A deeper kernel queue than libfuse2's default (12 background requests, congested at 9) and more
+ * read-ahead than the kernel's 128 KiB. Not the default: measured on the 2-core machine under load,
+ * neither setting gave a consistent gain, and both together made nbdcopy on the FAT32 file slower
+ * (docs/fat32.md, "FUSE path"). `npm run bench -- fuse` compares them with the defaults.
  */
-export const QUEUE_OPTIONS = 'max_background=64,congestion_threshold=48';
-/** Read-ahead of the mount's bdi (kernel default 128 KiB); measured in docs/fat32.md, "FUSE path". */
-export const READ_AHEAD_KB = 1024;
-/** libfuse2's own defaults, for comparison. */
+export const DEEP_QUEUE = 'max_background=64,congestion_threshold=48';
 export const LIBFUSE_DEFAULT_QUEUE = 'max_background=12,congestion_threshold=9';
+export const DEEP_READ_AHEAD_KB = 1024;
 
 const O_ACCMODE = 3;
 const O_RDONLY = 0;
@@ -88,9 +86,8 @@ export class BlockFile {
     await prepareMountpoint(this.mountpoint, this.log);
     const fuse = new Fuse(this.mountpoint, this.ops(), {
       allowOther: true,
-      // Extra options ride in fsname: 128 KiB requests (libfuse2's maximum) instead of 4 KiB pages,
-      // and a deeper kernel queue (QUEUE_OPTIONS).
-      fsname: `${this.options.fsname ?? 'bridge'},big_writes,max_write=131072,${this.options.queueOptions ?? QUEUE_OPTIONS}`,
+      // Extra options ride in fsname: 128 KiB requests (libfuse2's maximum) instead of 4 KiB pages.
+      fsname: `${this.options.fsname ?? 'bridge'},big_writes,max_write=131072${this.options.queueOptions ? `,${this.options.queueOptions}` : ''}`,
       maxRead: 131072,
       // Only this file changes the device, so the kernel may keep its page cache across opens.
       kernelCache: true,
@@ -103,23 +100,23 @@ export class BlockFile {
       fuse.mount((err) => (err ? rej(new BridgeError('EIO', `cannot mount FUSE at ${this.mountpoint}: ${err.message}`)) : res())),
     );
     this.fuse = fuse;
-    await this.raiseReadAhead();
+    if (this.options.readAheadKb) await this.setReadAhead(this.options.readAheadKb);
     this.log.info('serving block device', { file: this.path, size: this.device.size, writable: this.writable });
   }
 
   /**
-   * The kernel reads ahead at most 128 KiB on a FUSE mount (one request ahead), and FUSE's init cannot
-   * ask for more; the mount's bdi can be told so after mounting (root only; failure just keeps 128).
+   * The kernel reads ahead at most 128 KiB on a FUSE mount, and FUSE's init cannot ask for more; the
+   * mount's bdi can be told after mounting (root only; a failure keeps the kernel's value).
    */
-  private async raiseReadAhead(): Promise<void> {
+  private async setReadAhead(kb: number): Promise<void> {
     // FUSE's INIT reply resets the value: wait until requests are answered (asynchronously: this
     // thread answers them).
     await untilAnswering(this.mountpoint);
     const mount = await findMount(this.mountpoint).catch(() => undefined);
     if (!mount?.device) return;
     await fsp
-      .writeFile(`/sys/class/bdi/${mount.device}/read_ahead_kb`, `${this.options.readAheadKb ?? READ_AHEAD_KB}\n`)
-      .catch((e: unknown) => this.log.debug('cannot raise the FUSE read-ahead', { error: errorMessage(e) }));
+      .writeFile(`/sys/class/bdi/${mount.device}/read_ahead_kb`, `${kb}\n`)
+      .catch((e: unknown) => this.log.debug('cannot set the FUSE read-ahead', { error: errorMessage(e) }));
   }
 
   private ops(): Ops {
