@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type { BlockDevice } from '../../appliance/src/block/device.js';
 import { isAllZero } from '../../appliance/src/block/device.js';
+import { expect } from 'vitest';
 import { Rng } from '../helpers/random.js';
 
 const execFileP = promisify(execFile);
@@ -116,6 +117,16 @@ export async function readTree(dir: string): Promise<Map<string, Buffer | 'dir'>
   }
   await walk('');
   return out;
+}
+
+/** `mcopy -s` of the volume in `image` (partition at 1 MiB) into `out`: it must hold exactly the tree's files and directories. */
+export async function expectVolumeHolds(image: string, out: string, tree: MixedTree): Promise<void> {
+  await fsp.mkdir(out, { recursive: true });
+  const r = await mtools('mcopy', ['-s', '-n', '-i', `${image}@@1M`, '::/*', out]);
+  expect(r.code, r.stderr).toBe(0);
+  const got = await readTree(out);
+  expect([...got.keys()].sort()).toEqual([...tree.expected.keys()].sort());
+  for (const [path, want] of tree.expected) if (want !== 'dir') expect((got.get(path) as Buffer).equals(want), path).toBe(true);
 }
 
 export interface MixedTree {

@@ -8,7 +8,7 @@ import { existsSync, mkdtempSync, promises as fsp, readFileSync, rmSync } from '
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { fsckPartition, fsckProblems, makeMixedTree, mtools, readTree, run, type MixedTree } from './helpers.js';
+import { expectVolumeHolds, fsckPartition, fsckProblems, makeMixedTree, mtools, run, type MixedTree } from './helpers.js';
 
 const CLI = resolve(import.meta.dirname, '../../dist/appliance/src/cli.js');
 const MIB = 1024 * 1024;
@@ -81,13 +81,7 @@ describe('bridge-agent fat32 serve (FUSE)', () => {
 
   it('reads back every file through the FUSE file with mtools, and fsck.fat finds nothing', async () => {
     const img = join(mnt, 'disk.img');
-    const out = join(dir, 'out');
-    await fsp.mkdir(out);
-    const r = await mtools('mcopy', ['-s', '-n', '-i', `${img}@@1M`, '::/*', out]);
-    expect(r.code, r.stderr).toBe(0);
-    const got = await readTree(out);
-    expect([...got.keys()].sort()).toEqual([...tree.expected.keys()].sort());
-    for (const [path, want] of tree.expected) if (want !== 'dir') expect((got.get(path) as Buffer).equals(want), path).toBe(true);
+    await expectVolumeHolds(img, join(dir, 'out'), tree);
     const label = await mtools('mlabel', ['-s', '-i', `${img}@@1M`, '::']);
     expect(label.stdout).toContain('SERVED');
     const f = await fsckPartition(img, 255 * MIB);
