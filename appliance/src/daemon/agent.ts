@@ -18,6 +18,7 @@ import type { Logger } from '../../../shared/src/logger.js';
 import type { AgentStatus, ComponentStatus, Endpoint, ExportStatus, Health } from '../../../shared/src/protocol.js';
 import { VERSION } from '../../../shared/src/version.js';
 import { GaneshaServer, nfsPseudoPath, type NfsExport } from '../exports/ganesha.js';
+import { RpcbindServer } from '../exports/rpcbind.js';
 import { SambaServer } from '../exports/samba.js';
 import { TgtServer, type IscsiTarget } from '../exports/tgt.js';
 import { probeXattr } from '../exports/xattr.js';
@@ -64,6 +65,8 @@ export class Agent {
   private exports: ExportState[] = [];
   private samba: SambaServer | undefined;
   private ganesha: GaneshaServer | undefined;
+  /** For NFSv3: ours, or the machine's rpcbind (then we leave it alone). */
+  private rpcbind: RpcbindServer | undefined;
   private tgt: TgtServer | undefined;
   private nfsApplied = '';
   /** Passwords last given to smbpasswd, to re-run it only for users whose password changed. */
@@ -215,7 +218,7 @@ export class Agent {
         if (value.kind !== 'tree') throw new BridgeError('CONFIG', `${what}: "${x.from}" is a block device; SMB and NFS export trees (add a mount stage)`);
       } else if (value.kind !== 'block') throw new BridgeError('CONFIG', `${what}: "${x.from}" is a tree; iSCSI exports block devices (add a fat32 stage)`);
       if (x.kind === 'smb') await this.prepareSmb(e, value as Extract<Value, { kind: 'tree' }>);
-      else if (x.kind === 'nfs') this.prepareNfs(e, value as Extract<Value, { kind: 'tree' }>);
+      else if (x.kind === 'nfs') await this.prepareNfs(e, value as Extract<Value, { kind: 'tree' }>);
       else await this.prepareIscsi(e, value as Extract<Value, { kind: 'block' }>);
     } catch (err) {
       e.health = 'failed';
@@ -275,20 +278,34 @@ export class Agent {
     e.details = { path: value.tree.path, readOnly, users: x.users, streamsXattr: xattr.supported, xattr: xattr.reason };
   }
 
-  private prepareNfs(e: ExportState, value: Extract<Value, { kind: 'tree' }>): void {
+  /** The NFS server, offering v3 too when rpcbind is available (NFSv3 needs it at ganesha's start-up). */
+  private async nfsServer(): Promise<GaneshaServer> {
+    if (this.ganesha) return this.ganesha;
+    const { address, nfsPort, nfsMountPort } = this.config.listen;
+    const dir = this.layout.server('nfs');
+    const v3 = await RpcbindServer.available();
+    if (v3)
+      this.rpcbind = new RpcbindServer({
+        dir,
+        address,
+        log: this.log,
+        // A restarted rpcbind forgot ganesha's registrations: restart ganesha so that it registers again.
+        onRestart: () => void this.exclusive(() => this.ganesha?.restart() ?? Promise.resolve()).catch(() => undefined),
+      });
+    else this.log.warn('rpcbind is not installed: NFS is offered as v4 only');
+    this.ganesha = new GaneshaServer({ dir, address, port: nfsPort, log: this.log, ...(v3 ? { v3: { mountPort: nfsMountPort } } : {}) });
+    return this.ganesha;
+  }
+
+  private async prepareNfs(e: ExportState, value: Extract<Value, { kind: 'tree' }>): Promise<void> {
     const x = e.config as Extract<ExportConfig, { kind: 'nfs' }>;
     const readOnly = x.readOnly || value.tree.readOnly;
-    this.ganesha ??= new GaneshaServer({
-      dir: this.layout.server('nfs'),
-      address: this.config.listen.address,
-      port: this.config.listen.nfsPort,
-      log: this.log,
-    });
+    const ganesha = await this.nfsServer();
     const exp: NfsExport = { name: x.name, path: value.tree.path, readOnly, clients: x.clients, squash: x.squash };
-    this.ganesha.putExport(exp);
+    ganesha.putExport(exp);
     e.health = 'ok';
     delete e.error;
-    e.details = { path: value.tree.path, readOnly, clients: x.clients, squash: x.squash, versions: [4] };
+    e.details = { path: value.tree.path, readOnly, clients: x.clients, squash: x.squash, versions: ganesha.versions };
   }
 
   private iqnOf(x: Extract<ExportConfig, { kind: 'iscsi' }>): string {
@@ -342,6 +359,7 @@ export class Agent {
     if (this.samba && this.exports.some((e) => e.config.kind === 'smb' && e.health === 'ok')) await start('smbd', this.samba);
     if (this.tgt) await start('tgtd', this.tgt);
     if (this.ganesha) {
+      if (this.rpcbind) await start('rpcbind', this.rpcbind);
       const applied = JSON.stringify(this.exports.filter((e) => e.config.kind === 'nfs' && e.health === 'ok').map((e) => e.config.name));
       if (this.ganesha.health === 'stopped') await start('ganesha', this.ganesha);
       else if (applied !== this.nfsApplied)
@@ -487,9 +505,18 @@ export class Agent {
       if (health === 'ok' && server && server.health !== 'ok') {
         health = server.health === 'stopped' ? 'starting' : server.health;
         error = server.error ?? error;
+      } else if (health === 'ok' && e.config.kind === 'nfs') {
+        // ganesha runs, but did it create this export?
+        const r = this.ganesha?.exportResult(e.config.name);
+        if (!r) health = 'starting';
+        else if (!r.created) {
+          health = 'failed';
+          error = `nfs export "${e.config.name}": ${r.error}`;
+        }
       }
       const details: Record<string, unknown> = { ...e.details };
       if (server) details['server'] = { health: server.health, pid: server.pid, restarts: server.restarts };
+      if (e.config.kind === 'nfs' && this.rpcbind) details['rpcbind'] = { owned: this.rpcbind.owned, pid: this.rpcbind.pid, health: this.rpcbind.health };
       if (e.pending) details['pending'] = true;
       return { name: e.config.name, kind: e.config.kind, health, ...(error ? { error } : {}), details, endpoint: this.endpoint(e.config) };
     });
@@ -525,6 +552,7 @@ export class Agent {
       for (const [name, server] of [
         ['tgtd', this.tgt],
         ['ganesha', this.ganesha],
+        ['rpcbind', this.rpcbind],
         ['smbd', this.samba],
       ] as const) {
         if (server) await step(name, () => server.stop());
