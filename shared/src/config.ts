@@ -51,6 +51,8 @@ export const sourceSchema = z.discriminatedUnion('kind', [
       partition: z.union([z.number().int().min(1), z.literal('auto'), z.literal('whole')]).default('auto'),
       fstype: z.string().default('auto'),
       readOnly: z.boolean().default(false),
+      /** The whole disk as a block device (an iSCSI LUN, or what a mount stage mounts): no kernel mount here. */
+      raw: z.boolean().default(false),
     })
     .strict(),
   z.object({ kind: z.literal('memory'), name, size }).strict(),

@@ -24,7 +24,7 @@ import { TgtServer, type IscsiTarget } from '../exports/tgt.js';
 import { probeXattr } from '../exports/xattr.js';
 import { claimRuntime, clearLeftovers, runtimeLayout, type RuntimeLayout } from './runtime.js';
 import { describeRef, Secrets } from './secrets.js';
-import { buildSource, buildStage, closeValue, ensureBlockFile, resolveDiskPath, type BuildContext, type Value } from './values.js';
+import { blockPath, buildSource, buildStage, closeValue, resolveDiskPath, type BuildContext, type Value } from './values.js';
 
 interface Component {
   role: 'source' | 'stage';
@@ -216,7 +216,13 @@ export class Agent {
     try {
       if (x.kind === 'smb' || x.kind === 'nfs') {
         if (value.kind !== 'tree') throw new BridgeError('CONFIG', `${what}: "${x.from}" is a block device; SMB and NFS export trees (add a mount stage)`);
-      } else if (value.kind !== 'block') throw new BridgeError('CONFIG', `${what}: "${x.from}" is a tree; iSCSI exports block devices (add a fat32 stage)`);
+      } else if (value.kind !== 'block') {
+        const disk = this.find(x.from)?.config.kind === 'disk';
+        throw new BridgeError(
+          'CONFIG',
+          `${what}: "${x.from}" is a tree; iSCSI exports block devices (${disk ? 'set "raw": true on the disk source to export the disk itself, or ' : ''}add a fat32 stage)`,
+        );
+      }
       if (x.kind === 'smb') await this.prepareSmb(e, value as Extract<Value, { kind: 'tree' }>);
       else if (x.kind === 'nfs') await this.prepareNfs(e, value as Extract<Value, { kind: 'tree' }>);
       else await this.prepareIscsi(e, value as Extract<Value, { kind: 'block' }>);
@@ -335,8 +341,8 @@ export class Agent {
   private async prepareIscsi(e: ExportState, value: Extract<Value, { kind: 'block' }>): Promise<void> {
     const x = e.config as Extract<ExportConfig, { kind: 'iscsi' }>;
     const readOnly = x.readOnly || !value.device.capabilities.writable;
-    const file = await ensureBlockFile(value, x.from, this.layout.blocks, this.log);
-    const target = await this.iscsiTarget(x, file.path, readOnly);
+    const file = await blockPath(value, x.from, this.layout.blocks, this.log);
+    const target = await this.iscsiTarget(x, file, readOnly);
     if (Array.isArray(target)) {
       e.pending = true;
       e.error = `waiting for ${target.join(', ')}`;
@@ -347,7 +353,7 @@ export class Agent {
     e.health = 'ok';
     e.pending = false;
     delete e.error;
-    e.details = { file: file.path, size: value.device.size, readOnly, chapUser: x.chap.user, mutualChap: !!x.mutualChap, initiators: x.initiators ?? 'any' };
+    e.details = { file, size: value.device.size, readOnly, chapUser: x.chap.user, mutualChap: !!x.mutualChap, initiators: x.initiators ?? 'any' };
   }
 
   /** Starts each protocol's server once it has something to serve; restarts ganesha when its exports changed. */
@@ -384,8 +390,9 @@ export class Agent {
             }
           } else if (x.kind === 'iscsi' && this.tgt) {
             const value = this.find(x.from)?.value;
-            if (value?.kind !== 'block' || !value.file) continue;
-            const target = await this.iscsiTarget(x, value.file.path, e.details['readOnly'] === true);
+            const file = value?.kind === 'block' ? (value.direct ?? value.file?.path) : undefined;
+            if (!file) continue;
+            const target = await this.iscsiTarget(x, file, e.details['readOnly'] === true);
             if (!Array.isArray(target)) await this.tgt.putTarget(target);
           }
         } catch (err) {

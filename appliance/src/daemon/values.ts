@@ -21,8 +21,12 @@ import { pidAlive } from '../exports/procs.js';
 
 export type Value =
   | { kind: 'tree'; tree: Tree }
-  /** `flushes` counts flushes that reached the device through its FUSE file (SYNCHRONIZE CACHE from iSCSI). */
-  | { kind: 'block'; device: BlockDevice; store?: ChunkStoreDevice; file?: BlockFile; flushes?: number };
+  /**
+   * `direct`: a path the kernel and tgtd open themselves (a raw disk source: image or /dev node), so
+   * no FUSE file is made. `flushes` counts flushes that reached the device through its FUSE file
+   * (SYNCHRONIZE CACHE from iSCSI).
+   */
+  | { kind: 'block'; device: BlockDevice; direct?: string; store?: ChunkStoreDevice; file?: BlockFile; flushes?: number };
 
 export interface Built {
   value: Value;
@@ -60,6 +64,11 @@ export async function buildSource(s: SourceConfig, ctx: BuildContext): Promise<B
     }
     case 'disk': {
       const path = await resolveDiskPath(s.path);
+      if (s.raw) {
+        // Opened here for its size and to fail early; tgtd and loop devices open the path themselves.
+        const device = await FileBlockDevice.open(path, { readOnly: s.readOnly });
+        return { value: { kind: 'block', device, direct: path }, details: { path: s.path, device: path, size: device.size, readOnly: s.readOnly, raw: true } };
+      }
       // Read the partition table through our own reader; the kernel then reads the disk through a loop device.
       const reader = await FileBlockDevice.open(path, { readOnly: true });
       try {
@@ -139,11 +148,11 @@ export async function buildStage(s: StageConfig, from: Value, fromName: string, 
   switch (s.kind) {
     case 'mount': {
       if (from.kind !== 'block') throw new BridgeError('CONFIG', `stage "${s.name}": mounts a block device, but "${fromName}" is a tree`);
-      const file = await ensureBlockFile(from, fromName, ctx.runtimeBlocks, ctx.log);
+      const file = await blockPath(from, fromName, ctx.runtimeBlocks, ctx.log);
       const readOnly = s.readOnly || !from.device.capabilities.writable;
       const tree = await kernelMount({
         what: `stage "${s.name}"`,
-        file: file.path,
+        file,
         read: (t, o) => from.device.read(t, o),
         size: from.device.size,
         partition: 'auto',
@@ -154,7 +163,7 @@ export async function buildStage(s: StageConfig, from: Value, fromName: string, 
       });
       return {
         value: { kind: 'tree', tree },
-        details: { from: fromName, file: file.path, partition: tree.partition, fstype: tree.fstype, loop: tree.loopDevice, mountpoint: tree.path, readOnly },
+        details: { from: fromName, file, partition: tree.partition, fstype: tree.fstype, loop: tree.loopDevice, mountpoint: tree.path, readOnly },
       };
     }
     case 'fat32': {
@@ -177,6 +186,11 @@ function safeReport(report: () => unknown): unknown {
   } catch (e) {
     return { error: errorMessage(e) };
   }
+}
+
+/** The path that serves a block value to the kernel and tgtd: its own (raw disk), else its FUSE file. */
+export async function blockPath(v: Extract<Value, { kind: 'block' }>, name: string, blocksDir: string, log: Logger): Promise<string> {
+  return v.direct ?? (await ensureBlockFile(v, name, blocksDir, log)).path;
 }
 
 /** A block value's FUSE file (RUNTIME/blocks/NAME/disk.img), made on first use and shared. */
