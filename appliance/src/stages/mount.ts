@@ -7,7 +7,7 @@ import { BridgeError, errorMessage } from '../../../shared/src/errors.js';
 import type { Logger } from '../../../shared/src/logger.js';
 import { run, tryRun } from '../exports/run.js';
 import type { Tree } from '../tree/tree.js';
-import { attachLoop, detachLoop } from './loop.js';
+import { attachLoop, detachLoop, loopDirectIo } from './loop.js';
 import { locateFilesystem, type ReadAt } from './partitions.js';
 
 export interface KernelMountOptions {
@@ -27,6 +27,8 @@ export interface KernelMountOptions {
 
 export interface KernelMountTree extends Tree {
   loopDevice: string;
+  /** The loop device reads its backing file with direct I/O (loop.ts). */
+  directIo: boolean;
   fstype: string;
   partition: number | 'whole';
 }
@@ -54,12 +56,14 @@ export async function kernelMount(o: KernelMountOptions): Promise<KernelMountTre
     await detachLoop(loop).catch(() => undefined);
     throw e;
   }
+  const directIo = await loopDirectIo(loop);
   o.log.info('mounted', {
     what: o.what,
     file: o.file,
     partition: loc.partition,
     fstype: fstype ?? 'auto',
     loop,
+    directIo,
     mountpoint: o.mountpoint,
     readOnly: o.readOnly,
   });
@@ -69,6 +73,7 @@ export async function kernelMount(o: KernelMountOptions): Promise<KernelMountTre
     readOnly: o.readOnly,
     description: `${fstype ?? 'filesystem'} on ${loop} (partition ${loc.partition} of ${o.file})`,
     loopDevice: loop,
+    directIo,
     fstype: fstype ?? 'auto',
     partition: loc.partition,
     close: () =>
