@@ -32,7 +32,7 @@ const CASES: [string[], TgtRequest][] = [
     },
   ],
   [
-    ['--mode', 'logicalunit', '--op', 'new', '--tid', '3', '--lun', '1', '-b', '/dev/vdb', '--bstype', 'aio', '--bsoflags', 'direct'],
+    ['--mode', 'logicalunit', '--op', 'new', '--tid', '3', '--lun', '1', '-b', '/dev/vdb', '--bstype', 'rdwr', '--bsoflags', 'direct'],
     {
       mode: 'logicalunit',
       op: 'new',
@@ -40,7 +40,7 @@ const CASES: [string[], TgtRequest][] = [
       lun: 1,
       params: [
         ['path', '/dev/vdb'],
-        ['bstype', 'aio'],
+        ['bstype', 'rdwr'],
         ['bsoflags', 'direct'],
       ],
     },

@@ -24,7 +24,7 @@ import { TgtServer, type IscsiTarget } from '../exports/tgt.js';
 import { probeXattr } from '../exports/xattr.js';
 import { claimRuntime, clearLeftovers, runtimeLayout, type RuntimeLayout } from './runtime.js';
 import { describeRef, Secrets } from './secrets.js';
-import { blockPath, buildSource, buildStage, closeValue, resolveDiskPath, type BuildContext, type Value } from './values.js';
+import { blockPath, buildSource, buildStage, closeValue, prefersDirectIo, resolveDiskPath, type BuildContext, type Value } from './values.js';
 
 interface Component {
   role: 'source' | 'stage';
@@ -319,7 +319,7 @@ export class Agent {
   }
 
   /** The target with its current secrets, or the pending secrets' descriptions. */
-  private async iscsiTarget(x: Extract<ExportConfig, { kind: 'iscsi' }>, file: string, readOnly: boolean): Promise<IscsiTarget | string[]> {
+  private async iscsiTarget(x: Extract<ExportConfig, { kind: 'iscsi' }>, file: string, readOnly: boolean, directIo: boolean): Promise<IscsiTarget | string[]> {
     const what = `iscsi export "${x.name}"`;
     const secret = await this.secrets.resolve(x.chap.secret, `${what} CHAP secret`);
     const mutual = x.mutualChap ? await this.secrets.resolve(x.mutualChap.secret, `${what} mutual CHAP secret`) : undefined;
@@ -332,6 +332,7 @@ export class Agent {
       iqn: this.iqnOf(x),
       file,
       readOnly,
+      directIo,
       chap: { user: x.chap.user, secret: secret! },
       ...(x.mutualChap ? { mutualChap: { user: x.mutualChap.user, secret: mutual! } } : {}),
       ...(x.initiators ? { initiators: x.initiators } : {}),
@@ -342,7 +343,8 @@ export class Agent {
     const x = e.config as Extract<ExportConfig, { kind: 'iscsi' }>;
     const readOnly = x.readOnly || !value.device.capabilities.writable;
     const file = await blockPath(value, x.from, this.layout.blocks, this.log);
-    const target = await this.iscsiTarget(x, file, readOnly);
+    const directIo = prefersDirectIo(value);
+    const target = await this.iscsiTarget(x, file, readOnly, directIo);
     if (Array.isArray(target)) {
       e.pending = true;
       e.error = `waiting for ${target.join(', ')}`;
@@ -353,7 +355,7 @@ export class Agent {
     e.health = 'ok';
     e.pending = false;
     delete e.error;
-    e.details = { file, size: value.device.size, readOnly, chapUser: x.chap.user, mutualChap: !!x.mutualChap, initiators: x.initiators ?? 'any' };
+    e.details = { file, size: value.device.size, readOnly, directIo, chapUser: x.chap.user, mutualChap: !!x.mutualChap, initiators: x.initiators ?? 'any' };
   }
 
   /** Starts each protocol's server once it has something to serve; restarts ganesha when its exports changed. */
@@ -390,9 +392,10 @@ export class Agent {
             }
           } else if (x.kind === 'iscsi' && this.tgt) {
             const value = this.find(x.from)?.value;
-            const file = value?.kind === 'block' ? (value.direct ?? value.file?.path) : undefined;
+            if (value?.kind !== 'block') continue;
+            const file = value.direct ?? value.file?.path;
             if (!file) continue;
-            const target = await this.iscsiTarget(x, file, e.details['readOnly'] === true);
+            const target = await this.iscsiTarget(x, file, e.details['readOnly'] === true, prefersDirectIo(value));
             if (!Array.isArray(target)) await this.tgt.putTarget(target);
           }
         } catch (err) {

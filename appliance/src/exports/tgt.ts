@@ -21,6 +21,8 @@ export interface IscsiTarget {
   /** The backing file (a FUSE block file, or any file/block device). */
   file: string;
   readOnly: boolean;
+  /** tgtd opens the backing file with O_DIRECT (bsoflags=direct): its page cache would be a second copy. */
+  directIo?: boolean;
   chap: { user: string; secret: string };
   mutualChap?: { user: string; secret: string };
   /** Initiator IQNs allowed to log in; all when absent. */
@@ -104,10 +106,7 @@ export class TgtServer extends SupervisedServer {
       op: 'new',
       tid,
       lun: 1,
-      params: [
-        ['path', t.file],
-        ['bstype', 'rdwr'],
-      ],
+      params: [['path', t.file], ['bstype', 'rdwr'], ...(t.directIo ? [['bsoflags', 'direct'] as [string, string]] : [])],
     });
     if (t.readOnly) await this.adm({ mode: 'logicalunit', op: 'update', tid, lun: 1, targetOps: 'readonly=1' });
     await this.ensureAccount(t.chap.user, t.chap.secret);
@@ -121,7 +120,14 @@ export class TgtServer extends SupervisedServer {
     } else {
       await this.adm({ mode: 'target', op: 'bind', tid, params: [['initiator-address', 'ALL']] });
     }
-    this.o.log.info('iscsi target configured', { iqn: t.iqn, tid, file: t.file, readOnly: t.readOnly, initiators: t.initiators ?? 'any' });
+    this.o.log.info('iscsi target configured', {
+      iqn: t.iqn,
+      tid,
+      file: t.file,
+      readOnly: t.readOnly,
+      directIo: !!t.directIo,
+      initiators: t.initiators ?? 'any',
+    });
   }
 
   private async unconfigure(tid: number): Promise<void> {

@@ -2,12 +2,11 @@
  * Loop devices through losetup. No udev here, so `losetup -P` makes no partition nodes: a partition
  * is attached on its own with --offset/--sizelimit.
  *
- * Every loop device is attached with direct I/O (`--direct-io=on`): the filesystem on it keeps its
- * own page cache, so caching the backing file's pages too (a FUSE block file, a disk image) would
- * hold every byte twice in the appliance's small memory; and with direct I/O the loop device hands
- * its requests to the backing file asynchronously instead of one buffered read at a time. Its
- * read-ahead (`blockdev --setra`, which the filesystem on it uses) is raised from 128 KiB so that a
- * sequential reader asks the backing device for large, parallel ranges.
+ * Direct I/O (`--direct-io=on`) when the caller asks for it: the filesystem on the loop device keeps
+ * its own page cache, so caching the backing file's pages too would hold every byte twice, and a
+ * direct-I/O loop device passes its requests on asynchronously (a 512 MiB disk image read cold here:
+ * 1.3-1.4 GB/s direct, 0.4-1.2 GB/s buffered). The read-ahead (`blockdev --setra`, which the
+ * filesystem on it uses) is raised to at least 4 MiB so that a sequential reader asks for large ranges.
  */
 import { promises as fsp } from 'node:fs';
 import { run, tryRun } from '../exports/run.js';
@@ -21,8 +20,8 @@ export interface LoopDevice {
   offset: number;
 }
 
-export async function attachLoop(file: string, options: { offset: number; size: number; readOnly: boolean }): Promise<string> {
-  const args = ['--find', '--show', '--offset', String(options.offset), '--sizelimit', String(options.size), '--direct-io=on'];
+export async function attachLoop(file: string, options: { offset: number; size: number; readOnly: boolean; directIo: boolean }): Promise<string> {
+  const args = ['--find', '--show', '--offset', String(options.offset), '--sizelimit', String(options.size), `--direct-io=${options.directIo ? 'on' : 'off'}`];
   if (options.readOnly) args.push('--read-only');
   const { stdout } = await run('losetup', [...args, file]);
   const device = stdout.trim();

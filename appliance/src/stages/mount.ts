@@ -21,6 +21,8 @@ export interface KernelMountOptions {
   partition: number | 'auto' | 'whole';
   fstype: string;
   readOnly: boolean;
+  /** Attach the loop device with direct I/O (default; loop.ts: when `file`'s own page cache is only a second copy). */
+  directIo?: boolean;
   mountpoint: string;
   log: Logger;
 }
@@ -36,7 +38,7 @@ export interface KernelMountTree extends Tree {
 export async function kernelMount(o: KernelMountOptions): Promise<KernelMountTree> {
   const loc = await locateFilesystem(o.read, o.size, o.partition, o.what);
   const fstype = o.fstype !== 'auto' ? o.fstype : loc.fstype;
-  const loop = await attachLoop(o.file, { offset: loc.offset, size: loc.size, readOnly: o.readOnly });
+  const loop = await attachLoop(o.file, { offset: loc.offset, size: loc.size, readOnly: o.readOnly, directIo: o.directIo ?? true });
   try {
     await fsp.mkdir(o.mountpoint, { recursive: true, mode: 0o755 });
     const args = fstype ? ['-t', fstype] : [];
