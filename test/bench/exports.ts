@@ -6,7 +6,9 @@
  *   SMB:   smbclient get of one file from Samba on a plain directory, and from Samba on ext4
  *          loop-mounted from the chunked store's FUSE file (store → mount stage → SMB share).
  *   iSCSI: qemu-img convert of the FAT32 volume synthesized from that directory (tree → FAT32 →
- *          FUSE file → tgtd), and of a plain-file LUN holding the same bytes on a tgtd of its own.
+ *          FUSE file → tgtd), and of a plain-file LUN holding the same bytes on a tgtd of its own
+ *          (tgtd's defaults: buffered; for reference also the same file as an O_DIRECT LUN, as the
+ *          agent opens the FAT32 volume's FUSE file).
  *
  * Cold means nothing of the data is in any cache: before every cold round the agent is stopped (so
  * its FUSE files, loop devices and kernel mounts are new), the store's cache directory is deleted,
@@ -181,13 +183,17 @@ export async function run(args: string[]): Promise<void> {
     }
     await adm('--mode', 'target', '--op', 'new', '--tid', '1', '-T', 'iqn.2026-11.org.bench:plain');
     await adm('--mode', 'logicalunit', '--op', 'new', '--tid', '1', '--lun', '1', '-b', plainImg);
+    // For reference: the same file with O_DIRECT, as the agent opens FAT32 volumes (docs/agent.md).
+    await adm('--mode', 'logicalunit', '--op', 'new', '--tid', '1', '--lun', '2', '-b', plainImg, '--bsoflags', 'direct');
     await adm('--mode', 'target', '--op', 'bind', '--tid', '1', '-I', 'ALL');
     const plainUrl = `iscsi://127.0.0.1:${plainPort}/iqn.2026-11.org.bench:plain/1`;
+    const plainDirectUrl = `iscsi://127.0.0.1:${plainPort}/iqn.2026-11.org.bench:plain/2`;
 
-    const fig: Record<'smbPlain' | 'smbStore' | 'lunPlain' | 'lunFat', Figures> = {
+    const fig: Record<'smbPlain' | 'smbStore' | 'lunPlain' | 'lunPlainDirect' | 'lunFat', Figures> = {
       smbPlain: { cold: [], warm: [] },
       smbStore: { cold: [], warm: [] },
       lunPlain: { cold: [], warm: [] },
+      lunPlainDirect: { cold: [], warm: [] },
       lunFat: { cold: [], warm: [] },
     };
     /** Evicts `files` and checks that nothing of them is left in the page cache. */
@@ -214,6 +220,8 @@ export async function run(args: string[]): Promise<void> {
       fig.lunFat.cold.push(mb(lunBytes, await convert(fatUrl, lunBytes)));
       await coldStart([plainImg]);
       fig.lunPlain.cold.push(mb(lunBytes, await convert(plainUrl, lunBytes)));
+      await coldStart([plainImg]);
+      fig.lunPlainDirect.cold.push(mb(lunBytes, await convert(plainDirectUrl, lunBytes)));
     }
     say('warm runs ...');
     for (let i = 0; i < runs; i++) {
@@ -221,6 +229,7 @@ export async function run(args: string[]): Promise<void> {
       fig.smbStore.warm.push(mb(size, await get('store')));
       fig.lunFat.warm.push(mb(lunBytes, await convert(fatUrl, lunBytes)));
       fig.lunPlain.warm.push(mb(lunBytes, await convert(plainUrl, lunBytes)));
+      fig.lunPlainDirect.warm.push(mb(lunBytes, await convert(plainDirectUrl, lunBytes)));
     }
     await adm('--mode', 'target', '--op', 'delete', '--force', '--tid', '1');
     await adm('--mode', 'system', '--op', 'delete');
@@ -238,6 +247,8 @@ export async function run(args: string[]): Promise<void> {
     say(row('SMB get, Samba on ext4 on chunked store (FUSE)', fig.smbStore, fig.smbPlain));
     say(row('iSCSI qemu-img convert, plain-file LUN', fig.lunPlain));
     say(row('iSCSI qemu-img convert, FAT32 volume (FUSE)', fig.lunFat, fig.lunPlain));
+    say(row('  (reference: plain-file LUN, bsoflags=direct)', fig.lunPlainDirect));
+    say(row('  FAT32 volume vs that direct plain-file LUN', fig.lunFat, fig.lunPlainDirect));
   } finally {
     if (tgtdPid) process.kill(tgtdPid, 'SIGKILL');
     await agent?.stop();
