@@ -152,12 +152,12 @@ export const agentConfigSchema = z
         address: z.string().default('127.0.0.1'),
         smbPort: port.default(445),
         nfsPort: port.default(2049),
-        /** NFSv3's MOUNT protocol (offered when rpcbind is available). */
-        nfsMountPort: port.default(20048),
+        /** NFSv3's MOUNT protocol (offered when rpcbind is available); 20048 when absent. */
+        nfsMountPort: port.optional(),
         iscsiPort: port.default(3260),
       })
       .strict()
-      .default({ address: '127.0.0.1', smbPort: 445, nfsPort: 2049, nfsMountPort: 20048, iscsiPort: 3260 }),
+      .default({ address: '127.0.0.1', smbPort: 445, nfsPort: 2049, iscsiPort: 3260 }),
     users: z.array(userSchema).default([]),
     sources: z.array(sourceSchema).min(1, 'at least one source'),
     stages: z.array(stageSchema).default([]),

@@ -57,6 +57,8 @@ export interface AgentOptions {
 }
 
 export const DEFAULT_IQN_PREFIX = 'iqn.2026-11.org.bridge';
+/** NFSv3's MOUNT port when the config names none (the port Linux's mountd uses by convention). */
+export const DEFAULT_NFS_MOUNT_PORT = 20048;
 
 export class Agent {
   readonly layout: RuntimeLayout;
@@ -287,7 +289,7 @@ export class Agent {
   /** The NFS server, offering v3 too when rpcbind is available (NFSv3 needs it at ganesha's start-up). */
   private async nfsServer(): Promise<GaneshaServer> {
     if (this.ganesha) return this.ganesha;
-    const { address, nfsPort, nfsMountPort } = this.config.listen;
+    const { address, nfsPort, nfsMountPort = DEFAULT_NFS_MOUNT_PORT } = this.config.listen;
     const dir = this.layout.server('nfs');
     const v3 = await RpcbindServer.available();
     if (v3)
