@@ -51,6 +51,8 @@ export const sourceSchema = z.discriminatedUnion('kind', [
       partition: z.union([z.number().int().min(1), z.literal('auto'), z.literal('whole')]).default('auto'),
       fstype: z.string().default('auto'),
       readOnly: z.boolean().default(false),
+      /** The whole disk as a block device (an iSCSI LUN, or what a mount stage mounts): no kernel mount here. */
+      raw: z.boolean().default(false),
     })
     .strict(),
   z.object({ kind: z.literal('memory'), name, size }).strict(),
@@ -150,6 +152,8 @@ export const agentConfigSchema = z
         address: z.string().default('127.0.0.1'),
         smbPort: port.default(445),
         nfsPort: port.default(2049),
+        /** NFSv3's MOUNT protocol (offered when rpcbind is available); 20048 when absent. */
+        nfsMountPort: port.optional(),
         iscsiPort: port.default(3260),
       })
       .strict()

@@ -6,7 +6,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort } from '../helpers/ports.js';
@@ -34,6 +34,11 @@ describe('iscsi export', () => {
     mkdirSync(join(dir, 'secrets'));
     writeFileSync(join(dir, 'secrets', 'mutual'), MUTUAL + '\n');
     writeFileSync(join(dir, 'disk.img'), randomBytes(DISK_SIZE));
+    // A tgtadm first on the agent's PATH that records being run: the agent must never run it (it
+    // would put CHAP secrets on a command line); it speaks tgtd's protocol itself.
+    mkdirSync(join(dir, 'bin'));
+    writeFileSync(join(dir, 'bin', 'tgtadm'), `#!/bin/sh\necho "$$" >> ${join(dir, 'tgtadm-ran')}\nexec /usr/sbin/tgtadm "$@"\n`);
+    chmodSync(join(dir, 'bin', 'tgtadm'), 0o755);
     agent = new AgentProcess(
       dir,
       {
@@ -60,7 +65,7 @@ describe('iscsi export', () => {
           { kind: 'iscsi', name: 'later', from: 'later', chap: { user: 'luser', secret: { pushed: 'later-chap' } } },
         ],
       },
-      { TEST_CHAP: CHAP },
+      { TEST_CHAP: CHAP, PATH: `${join(dir, 'bin')}:${process.env['PATH'] ?? ''}` },
     );
     await agent.start();
   });
@@ -84,6 +89,11 @@ describe('iscsi export', () => {
     expect(inq.stdout).toMatch(/DIRECT_ACCESS/);
     const cap = await sh('iscsi-readcapacity16', [url(IQN_MEM)]);
     expect(cap.stdout).toMatch(/Total size:67108864/);
+  });
+
+  it('configures tgtd without running tgtadm (no CHAP secret on any command line)', async () => {
+    expect((await agent.status()).exports.filter((e) => e.health === 'ok').map((e) => e.name)).toEqual(['mem', 'disk']);
+    expect(existsSync(join(dir, 'tgtadm-ran'))).toBe(false);
   });
 
   it('refuses a wrong CHAP secret and a login without one', async () => {
@@ -176,6 +186,10 @@ describe('iscsi export', () => {
       await new Promise((r) => (tgtd.exitCode !== null ? r(null) : tgtd.once('exit', r)));
     }
   }, 300_000);
+
+  it('never ran tgtadm, also for pushed and changed secrets', () => {
+    expect(existsSync(join(dir, 'tgtadm-ran'))).toBe(false);
+  });
 
   it('restarts a killed tgtd with every target configured again', async () => {
     const s = await agent.status();

@@ -18,12 +18,13 @@ import type { Logger } from '../../../shared/src/logger.js';
 import type { AgentStatus, ComponentStatus, Endpoint, ExportStatus, Health } from '../../../shared/src/protocol.js';
 import { VERSION } from '../../../shared/src/version.js';
 import { GaneshaServer, nfsPseudoPath, type NfsExport } from '../exports/ganesha.js';
+import { RpcbindServer } from '../exports/rpcbind.js';
 import { SambaServer } from '../exports/samba.js';
 import { TgtServer, type IscsiTarget } from '../exports/tgt.js';
 import { probeXattr } from '../exports/xattr.js';
 import { claimRuntime, clearLeftovers, runtimeLayout, type RuntimeLayout } from './runtime.js';
 import { describeRef, Secrets } from './secrets.js';
-import { buildSource, buildStage, closeValue, ensureBlockFile, resolveDiskPath, type BuildContext, type Value } from './values.js';
+import { blockPath, buildSource, buildStage, closeValue, prefersDirectIo, resolveDiskPath, type BuildContext, type Value } from './values.js';
 
 interface Component {
   role: 'source' | 'stage';
@@ -56,6 +57,8 @@ export interface AgentOptions {
 }
 
 export const DEFAULT_IQN_PREFIX = 'iqn.2026-11.org.bridge';
+/** NFSv3's MOUNT port when the config names none (the port Linux's mountd uses by convention). */
+export const DEFAULT_NFS_MOUNT_PORT = 20048;
 
 export class Agent {
   readonly layout: RuntimeLayout;
@@ -64,6 +67,8 @@ export class Agent {
   private exports: ExportState[] = [];
   private samba: SambaServer | undefined;
   private ganesha: GaneshaServer | undefined;
+  /** For NFSv3: ours, or the machine's rpcbind (then we leave it alone). */
+  private rpcbind: RpcbindServer | undefined;
   private tgt: TgtServer | undefined;
   private nfsApplied = '';
   /** Passwords last given to smbpasswd, to re-run it only for users whose password changed. */
@@ -213,9 +218,15 @@ export class Agent {
     try {
       if (x.kind === 'smb' || x.kind === 'nfs') {
         if (value.kind !== 'tree') throw new BridgeError('CONFIG', `${what}: "${x.from}" is a block device; SMB and NFS export trees (add a mount stage)`);
-      } else if (value.kind !== 'block') throw new BridgeError('CONFIG', `${what}: "${x.from}" is a tree; iSCSI exports block devices (add a fat32 stage)`);
+      } else if (value.kind !== 'block') {
+        const disk = this.find(x.from)?.config.kind === 'disk';
+        throw new BridgeError(
+          'CONFIG',
+          `${what}: "${x.from}" is a tree; iSCSI exports block devices (${disk ? 'set "raw": true on the disk source to export the disk itself, or ' : ''}add a fat32 stage)`,
+        );
+      }
       if (x.kind === 'smb') await this.prepareSmb(e, value as Extract<Value, { kind: 'tree' }>);
-      else if (x.kind === 'nfs') this.prepareNfs(e, value as Extract<Value, { kind: 'tree' }>);
+      else if (x.kind === 'nfs') await this.prepareNfs(e, value as Extract<Value, { kind: 'tree' }>);
       else await this.prepareIscsi(e, value as Extract<Value, { kind: 'block' }>);
     } catch (err) {
       e.health = 'failed';
@@ -275,20 +286,34 @@ export class Agent {
     e.details = { path: value.tree.path, readOnly, users: x.users, streamsXattr: xattr.supported, xattr: xattr.reason };
   }
 
-  private prepareNfs(e: ExportState, value: Extract<Value, { kind: 'tree' }>): void {
+  /** The NFS server, offering v3 too when rpcbind is available (NFSv3 needs it at ganesha's start-up). */
+  private async nfsServer(): Promise<GaneshaServer> {
+    if (this.ganesha) return this.ganesha;
+    const { address, nfsPort, nfsMountPort = DEFAULT_NFS_MOUNT_PORT } = this.config.listen;
+    const dir = this.layout.server('nfs');
+    const v3 = await RpcbindServer.available();
+    if (v3)
+      this.rpcbind = new RpcbindServer({
+        dir,
+        address,
+        log: this.log,
+        // A restarted rpcbind forgot ganesha's registrations: restart ganesha so that it registers again.
+        onRestart: () => void this.exclusive(() => this.ganesha?.restart() ?? Promise.resolve()).catch(() => undefined),
+      });
+    else this.log.warn('rpcbind is not installed: NFS is offered as v4 only');
+    this.ganesha = new GaneshaServer({ dir, address, port: nfsPort, log: this.log, ...(v3 ? { v3: { mountPort: nfsMountPort } } : {}) });
+    return this.ganesha;
+  }
+
+  private async prepareNfs(e: ExportState, value: Extract<Value, { kind: 'tree' }>): Promise<void> {
     const x = e.config as Extract<ExportConfig, { kind: 'nfs' }>;
     const readOnly = x.readOnly || value.tree.readOnly;
-    this.ganesha ??= new GaneshaServer({
-      dir: this.layout.server('nfs'),
-      address: this.config.listen.address,
-      port: this.config.listen.nfsPort,
-      log: this.log,
-    });
+    const ganesha = await this.nfsServer();
     const exp: NfsExport = { name: x.name, path: value.tree.path, readOnly, clients: x.clients, squash: x.squash };
-    this.ganesha.putExport(exp);
+    ganesha.putExport(exp);
     e.health = 'ok';
     delete e.error;
-    e.details = { path: value.tree.path, readOnly, clients: x.clients, squash: x.squash, versions: [4] };
+    e.details = { path: value.tree.path, readOnly, clients: x.clients, squash: x.squash, versions: ganesha.versions };
   }
 
   private iqnOf(x: Extract<ExportConfig, { kind: 'iscsi' }>): string {
@@ -296,7 +321,7 @@ export class Agent {
   }
 
   /** The target with its current secrets, or the pending secrets' descriptions. */
-  private async iscsiTarget(x: Extract<ExportConfig, { kind: 'iscsi' }>, file: string, readOnly: boolean): Promise<IscsiTarget | string[]> {
+  private async iscsiTarget(x: Extract<ExportConfig, { kind: 'iscsi' }>, file: string, readOnly: boolean, directIo: boolean): Promise<IscsiTarget | string[]> {
     const what = `iscsi export "${x.name}"`;
     const secret = await this.secrets.resolve(x.chap.secret, `${what} CHAP secret`);
     const mutual = x.mutualChap ? await this.secrets.resolve(x.mutualChap.secret, `${what} mutual CHAP secret`) : undefined;
@@ -309,6 +334,7 @@ export class Agent {
       iqn: this.iqnOf(x),
       file,
       readOnly,
+      directIo,
       chap: { user: x.chap.user, secret: secret! },
       ...(x.mutualChap ? { mutualChap: { user: x.mutualChap.user, secret: mutual! } } : {}),
       ...(x.initiators ? { initiators: x.initiators } : {}),
@@ -318,8 +344,9 @@ export class Agent {
   private async prepareIscsi(e: ExportState, value: Extract<Value, { kind: 'block' }>): Promise<void> {
     const x = e.config as Extract<ExportConfig, { kind: 'iscsi' }>;
     const readOnly = x.readOnly || !value.device.capabilities.writable;
-    const file = await ensureBlockFile(value, x.from, this.layout.blocks, this.log);
-    const target = await this.iscsiTarget(x, file.path, readOnly);
+    const file = await blockPath(value, x.from, this.layout.blocks, this.log);
+    const directIo = prefersDirectIo(value);
+    const target = await this.iscsiTarget(x, file, readOnly, directIo);
     if (Array.isArray(target)) {
       e.pending = true;
       e.error = `waiting for ${target.join(', ')}`;
@@ -330,7 +357,7 @@ export class Agent {
     e.health = 'ok';
     e.pending = false;
     delete e.error;
-    e.details = { file: file.path, size: value.device.size, readOnly, chapUser: x.chap.user, mutualChap: !!x.mutualChap, initiators: x.initiators ?? 'any' };
+    e.details = { file, size: value.device.size, readOnly, directIo, chapUser: x.chap.user, mutualChap: !!x.mutualChap, initiators: x.initiators ?? 'any' };
   }
 
   /** Starts each protocol's server once it has something to serve; restarts ganesha when its exports changed. */
@@ -342,6 +369,7 @@ export class Agent {
     if (this.samba && this.exports.some((e) => e.config.kind === 'smb' && e.health === 'ok')) await start('smbd', this.samba);
     if (this.tgt) await start('tgtd', this.tgt);
     if (this.ganesha) {
+      if (this.rpcbind) await start('rpcbind', this.rpcbind);
       const applied = JSON.stringify(this.exports.filter((e) => e.config.kind === 'nfs' && e.health === 'ok').map((e) => e.config.name));
       if (this.ganesha.health === 'stopped') await start('ganesha', this.ganesha);
       else if (applied !== this.nfsApplied)
@@ -366,8 +394,10 @@ export class Agent {
             }
           } else if (x.kind === 'iscsi' && this.tgt) {
             const value = this.find(x.from)?.value;
-            if (value?.kind !== 'block' || !value.file) continue;
-            const target = await this.iscsiTarget(x, value.file.path, e.details['readOnly'] === true);
+            if (value?.kind !== 'block') continue;
+            const file = value.direct ?? value.file?.path;
+            if (!file) continue;
+            const target = await this.iscsiTarget(x, file, e.details['readOnly'] === true, prefersDirectIo(value));
             if (!Array.isArray(target)) await this.tgt.putTarget(target);
           }
         } catch (err) {
@@ -487,9 +517,18 @@ export class Agent {
       if (health === 'ok' && server && server.health !== 'ok') {
         health = server.health === 'stopped' ? 'starting' : server.health;
         error = server.error ?? error;
+      } else if (health === 'ok' && e.config.kind === 'nfs') {
+        // ganesha runs, but did it create this export?
+        const r = this.ganesha?.exportResult(e.config.name);
+        if (!r) health = 'starting';
+        else if (!r.created) {
+          health = 'failed';
+          error = `nfs export "${e.config.name}": ${r.error}`;
+        }
       }
       const details: Record<string, unknown> = { ...e.details };
       if (server) details['server'] = { health: server.health, pid: server.pid, restarts: server.restarts };
+      if (e.config.kind === 'nfs' && this.rpcbind) details['rpcbind'] = { owned: this.rpcbind.owned, pid: this.rpcbind.pid, health: this.rpcbind.health };
       if (e.pending) details['pending'] = true;
       return { name: e.config.name, kind: e.config.kind, health, ...(error ? { error } : {}), details, endpoint: this.endpoint(e.config) };
     });
@@ -525,6 +564,7 @@ export class Agent {
       for (const [name, server] of [
         ['tgtd', this.tgt],
         ['ganesha', this.ganesha],
+        ['rpcbind', this.rpcbind],
         ['smbd', this.samba],
       ] as const) {
         if (server) await step(name, () => server.stop());

@@ -6,7 +6,8 @@
  *     control.sock         0600, the control socket
  *     blocks/NAME/disk.img FUSE files of block devices
  *     trees/NAME           kernel mounts (loop devices over disks or FUSE files)
- *     smb/ nfs/ iscsi/     server configs (0600), state, and server.pid ("PID\nCOMMAND LINE")
+ *     smb/ nfs/ iscsi/     server configs (0600), state, and server.pid ("PID\nCOMMAND LINE");
+ *                          nfs/rpcbind.pid when the agent started rpcbind for NFSv3
  *
  * Clearing leftovers, in dependency order: stray servers (matched by pid *and* command line, so a
  * reused pid is never killed), then the dead FUSE connections (aborted through fusectl), then kernel
@@ -93,8 +94,9 @@ export async function clearLeftovers(layout: RuntimeLayout, diskPaths: string[],
   // FUSE unmount they read "/disk.img").
   const ours = new Set(diskPaths.map((p) => resolve(p)));
   const loops = (await listLoops()).filter((l) => l.backingFile.startsWith(layout.root + '/') || ours.has(l.backingFile));
-  for (const kind of SERVER_DIRS) {
-    const pidFile = join(layout.server(kind), 'server.pid');
+  // server.pid of each server; nfs/rpcbind.pid of the rpcbind we started for NFSv3.
+  const pidFiles = [...SERVER_DIRS.map((kind) => join(layout.server(kind), 'server.pid')), join(layout.server('nfs'), 'rpcbind.pid')];
+  for (const pidFile of pidFiles) {
     const text = await fsp.readFile(pidFile, 'utf8').catch(() => '');
     const [pidLine, cmd] = text.split('\n');
     const pid = Number(pidLine);

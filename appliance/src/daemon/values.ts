@@ -21,8 +21,12 @@ import { pidAlive } from '../exports/procs.js';
 
 export type Value =
   | { kind: 'tree'; tree: Tree }
-  /** `flushes` counts flushes that reached the device through its FUSE file (SYNCHRONIZE CACHE from iSCSI). */
-  | { kind: 'block'; device: BlockDevice; store?: ChunkStoreDevice; file?: BlockFile; flushes?: number };
+  /**
+   * `direct`: a path the kernel and tgtd open themselves (a raw disk source: image or /dev node), so
+   * no FUSE file is made. `flushes` counts flushes that reached the device through its FUSE file
+   * (SYNCHRONIZE CACHE from iSCSI).
+   */
+  | { kind: 'block'; device: BlockDevice; direct?: string; store?: ChunkStoreDevice; file?: BlockFile; flushes?: number };
 
 export interface Built {
   value: Value;
@@ -60,6 +64,11 @@ export async function buildSource(s: SourceConfig, ctx: BuildContext): Promise<B
     }
     case 'disk': {
       const path = await resolveDiskPath(s.path);
+      if (s.raw) {
+        // Opened here for its size and to fail early; tgtd and loop devices open the path themselves.
+        const device = await FileBlockDevice.open(path, { readOnly: s.readOnly });
+        return { value: { kind: 'block', device, direct: path }, details: { path: s.path, device: path, size: device.size, readOnly: s.readOnly, raw: true } };
+      }
       // Read the partition table through our own reader; the kernel then reads the disk through a loop device.
       const reader = await FileBlockDevice.open(path, { readOnly: true });
       try {
@@ -71,6 +80,7 @@ export async function buildSource(s: SourceConfig, ctx: BuildContext): Promise<B
           partition: s.partition,
           fstype: s.fstype,
           readOnly: s.readOnly,
+          directIo: true,
           mountpoint: join(ctx.runtimeTrees, s.name),
           log: ctx.log,
         });
@@ -82,6 +92,7 @@ export async function buildSource(s: SourceConfig, ctx: BuildContext): Promise<B
             partition: tree.partition,
             fstype: tree.fstype,
             loop: tree.loopDevice,
+            directIo: tree.directIo,
             mountpoint: tree.path,
             readOnly: s.readOnly,
           },
@@ -139,22 +150,32 @@ export async function buildStage(s: StageConfig, from: Value, fromName: string, 
   switch (s.kind) {
     case 'mount': {
       if (from.kind !== 'block') throw new BridgeError('CONFIG', `stage "${s.name}": mounts a block device, but "${fromName}" is a tree`);
-      const file = await ensureBlockFile(from, fromName, ctx.runtimeBlocks, ctx.log);
+      const file = await blockPath(from, fromName, ctx.runtimeBlocks, ctx.log);
       const readOnly = s.readOnly || !from.device.capabilities.writable;
       const tree = await kernelMount({
         what: `stage "${s.name}"`,
-        file: file.path,
+        file,
         read: (t, o) => from.device.read(t, o),
         size: from.device.size,
         partition: 'auto',
         fstype: s.fstype,
         readOnly,
+        directIo: prefersDirectIo(from),
         mountpoint: join(ctx.runtimeTrees, s.name),
         log: ctx.log,
       });
       return {
         value: { kind: 'tree', tree },
-        details: { from: fromName, file: file.path, partition: tree.partition, fstype: tree.fstype, loop: tree.loopDevice, mountpoint: tree.path, readOnly },
+        details: {
+          from: fromName,
+          file,
+          partition: tree.partition,
+          fstype: tree.fstype,
+          loop: tree.loopDevice,
+          directIo: tree.directIo,
+          mountpoint: tree.path,
+          readOnly,
+        },
       };
     }
     case 'fat32': {
@@ -177,6 +198,23 @@ function safeReport(report: () => unknown): unknown {
   } catch (e) {
     return { error: errorMessage(e) };
   }
+}
+
+/**
+ * Whether readers of a block value's path (loop devices, tgtd) should use direct I/O. Yes, except
+ * for a chunk store: its read-ahead follows the in-order requests of the kernel's buffered read-ahead,
+ * and concurrent direct requests arrive out of order (cold ext4-over-store read here: 78 MB/s direct,
+ * 93 MB/s buffered). Everything else is served from memory or from a page cache of its own (the
+ * FAT32 volume's source files, a file device's file, a raw disk), so the FUSE file's page cache
+ * would be a second copy (a FAT32 volume read cold: 0.8-1.4 GB/s direct, 0.3-0.5 GB/s buffered).
+ */
+export function prefersDirectIo(v: Extract<Value, { kind: 'block' }>): boolean {
+  return !v.store;
+}
+
+/** The path that serves a block value to the kernel and tgtd: its own (raw disk), else its FUSE file. */
+export async function blockPath(v: Extract<Value, { kind: 'block' }>, name: string, blocksDir: string, log: Logger): Promise<string> {
+  return v.direct ?? (await ensureBlockFile(v, name, blocksDir, log)).path;
 }
 
 /** A block value's FUSE file (RUNTIME/blocks/NAME/disk.img), made on first use and shared. */

@@ -1,6 +1,7 @@
 /**
- * iSCSI through tgt: one tgtd in the foreground, configured with tgtadm over its control port (a
- * number unique per tgtd on the machine). Each target has one LUN whose backing store is a block
+ * iSCSI through tgt: one tgtd in the foreground, configured over its management socket (control port
+ * N: /var/run/tgtd/socket.N, a number unique per tgtd on the machine) by speaking tgtadm's protocol
+ * ourselves (tgtadm.ts), so CHAP secrets never appear on a command line. Each target has one LUN whose backing store is a block
  * device's FUSE file (rdwr backing store: SYNCHRONIZE CACHE becomes fdatasync on the file, which our
  * FUSE layer turns into the device's flush). CHAP accounts are global in tgtd and bound per target.
  * Targets can be added, and CHAP secrets changed, while tgtd runs; after a crash of tgtd the
@@ -12,7 +13,7 @@ import { existsSync, promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { BridgeError, errorMessage } from '../../../shared/src/errors.js';
 import type { Logger } from '../../../shared/src/logger.js';
-import { run, tryRun } from './run.js';
+import { tgtadm, TGTD_SOCKET_DIR, type TgtRequest } from './tgtadm.js';
 import { SupervisedServer, Supervisor, waitForPort } from './supervisor.js';
 
 export interface IscsiTarget {
@@ -20,6 +21,8 @@ export interface IscsiTarget {
   /** The backing file (a FUSE block file, or any file/block device). */
   file: string;
   readOnly: boolean;
+  /** tgtd opens the backing file with O_DIRECT (bsoflags=direct): its page cache would be a second copy. */
+  directIo?: boolean;
   chap: { user: string; secret: string };
   mutualChap?: { user: string; secret: string };
   /** Initiator IQNs allowed to log in; all when absent. */
@@ -39,7 +42,7 @@ export interface TgtOptions {
 export function freeControlPort(): number {
   for (;;) {
     const n = 1000 + Math.floor(Math.random() * 30000);
-    if (!existsSync(`/var/run/tgtd/socket.${n}`)) return n;
+    if (!existsSync(`${TGTD_SOCKET_DIR}/socket.${n}`)) return n;
   }
 }
 
@@ -70,8 +73,8 @@ export class TgtServer extends SupervisedServer {
     });
   }
 
-  private adm(args: string[]): Promise<unknown> {
-    return run('tgtadm', ['-C', String(this.controlPort), '--lld', 'iscsi', ...args]);
+  private adm(r: TgtRequest): Promise<string> {
+    return tgtadm(this.controlPort, r);
   }
 
   /** tgtadm calls one at a time: tgtd's management channel is not meant for concurrent edits. */
@@ -84,32 +87,51 @@ export class TgtServer extends SupervisedServer {
   private async ensureAccount(user: string, secret: string): Promise<void> {
     const known = this.accounts.get(user);
     if (known === secret) return;
-    if (known !== undefined) await this.adm(['--mode', 'account', '--op', 'delete', '--user', user]);
-    // tgtadm takes the secret only as an argument; the agent's own process table is private to the appliance.
-    await this.adm(['--mode', 'account', '--op', 'new', '--user', user, '--password', secret]);
+    if (known !== undefined) await this.adm({ mode: 'account', op: 'delete', params: [['user', user]] });
+    await this.adm({
+      mode: 'account',
+      op: 'new',
+      params: [
+        ['user', user],
+        ['password', secret],
+      ],
+    });
     this.accounts.set(user, secret);
   }
 
   private async configure(tid: number, t: IscsiTarget): Promise<void> {
-    await this.adm(['--mode', 'target', '--op', 'new', '--tid', String(tid), '-T', t.iqn]);
-    await this.adm(['--mode', 'logicalunit', '--op', 'new', '--tid', String(tid), '--lun', '1', '-b', t.file, '--bstype', 'rdwr']);
-    if (t.readOnly) await this.adm(['--mode', 'logicalunit', '--op', 'update', '--tid', String(tid), '--lun', '1', '--params', 'readonly=1']);
+    await this.adm({ mode: 'target', op: 'new', tid, params: [['targetname', t.iqn]] });
+    await this.adm({
+      mode: 'logicalunit',
+      op: 'new',
+      tid,
+      lun: 1,
+      params: [['path', t.file], ['bstype', 'rdwr'], ...(t.directIo ? [['bsoflags', 'direct'] as [string, string]] : [])],
+    });
+    if (t.readOnly) await this.adm({ mode: 'logicalunit', op: 'update', tid, lun: 1, targetOps: 'readonly=1' });
     await this.ensureAccount(t.chap.user, t.chap.secret);
-    await this.adm(['--mode', 'account', '--op', 'bind', '--tid', String(tid), '--user', t.chap.user]);
+    await this.adm({ mode: 'account', op: 'bind', tid, params: [['user', t.chap.user]] });
     if (t.mutualChap) {
       await this.ensureAccount(t.mutualChap.user, t.mutualChap.secret);
-      await this.adm(['--mode', 'account', '--op', 'bind', '--tid', String(tid), '--user', t.mutualChap.user, '--outgoing']);
+      await this.adm({ mode: 'account', op: 'bind', tid, outgoing: true, params: [['user', t.mutualChap.user]] });
     }
     if (t.initiators?.length) {
-      for (const name of t.initiators) await this.adm(['--mode', 'target', '--op', 'bind', '--tid', String(tid), '--initiator-name', name]);
+      for (const name of t.initiators) await this.adm({ mode: 'target', op: 'bind', tid, params: [['initiator-name', name]] });
     } else {
-      await this.adm(['--mode', 'target', '--op', 'bind', '--tid', String(tid), '--initiator-address', 'ALL']);
+      await this.adm({ mode: 'target', op: 'bind', tid, params: [['initiator-address', 'ALL']] });
     }
-    this.o.log.info('iscsi target configured', { iqn: t.iqn, tid, file: t.file, readOnly: t.readOnly, initiators: t.initiators ?? 'any' });
+    this.o.log.info('iscsi target configured', {
+      iqn: t.iqn,
+      tid,
+      file: t.file,
+      readOnly: t.readOnly,
+      directIo: !!t.directIo,
+      initiators: t.initiators ?? 'any',
+    });
   }
 
   private async unconfigure(tid: number): Promise<void> {
-    await this.adm(['--mode', 'target', '--op', 'delete', '--force', '--tid', String(tid)]);
+    await this.adm({ mode: 'target', op: 'delete', tid, force: true });
   }
 
   /** Adds a target, or replaces one with the same IQN (a changed CHAP secret); others are untouched. */
@@ -129,7 +151,7 @@ export class TgtServer extends SupervisedServer {
 
   async start(): Promise<void> {
     await fsp.mkdir(this.o.dir, { recursive: true, mode: 0o700 });
-    await fsp.mkdir('/var/run/tgtd', { recursive: true });
+    await fsp.mkdir(TGTD_SOCKET_DIR, { recursive: true });
     await this.exclusive(() => this.supervisor.start());
   }
 
@@ -137,7 +159,7 @@ export class TgtServer extends SupervisedServer {
     for (const { tid } of this.targets.values()) {
       await this.unconfigure(tid).catch((e: unknown) => this.o.log.warn('cannot delete target', { tid, error: errorMessage(e) }));
     }
-    await this.adm(['--mode', 'system', '--op', 'delete']).catch(() => undefined);
+    await this.adm({ mode: 'system', op: 'delete' }).catch(() => undefined);
   }
 
   killServer(signal: NodeJS.Signals = 'SIGKILL'): void {
@@ -151,11 +173,10 @@ export class TgtServer extends SupervisedServer {
 
 /** Deletes a stray tgtd's targets so that it obeys SIGTERM (used for leftovers of a killed agent). */
 export async function stopStrayTgtd(controlPort: number): Promise<void> {
-  const adm = (...args: string[]): Promise<{ stdout: string }> => run('tgtadm', ['-C', String(controlPort), '--lld', 'iscsi', ...args], { timeoutMs: 10_000 });
-  const shown = await adm('--mode', 'target', '--op', 'show').catch(() => ({ stdout: '' }));
-  for (const m of shown.stdout.matchAll(/^Target (\d+):/gm))
-    await tryRun('tgtadm', ['-C', String(controlPort), '--lld', 'iscsi', '--mode', 'target', '--op', 'delete', '--force', '--tid', m[1]!]);
-  await tryRun('tgtadm', ['-C', String(controlPort), '--lld', 'iscsi', '--mode', 'system', '--op', 'delete']);
+  const shown = await tgtadm(controlPort, { mode: 'target', op: 'show' }, 10_000).catch(() => '');
+  for (const m of shown.matchAll(/^Target (\d+):/gm))
+    await tgtadm(controlPort, { mode: 'target', op: 'delete', tid: Number(m[1]), force: true }, 10_000).catch(() => undefined);
+  await tgtadm(controlPort, { mode: 'system', op: 'delete' }, 10_000).catch(() => undefined);
 }
 
 export function checkIqn(iqn: string): void {

@@ -7,7 +7,7 @@ import { BridgeError, errorMessage } from '../../../shared/src/errors.js';
 import type { Logger } from '../../../shared/src/logger.js';
 import { run, tryRun } from '../exports/run.js';
 import type { Tree } from '../tree/tree.js';
-import { attachLoop, detachLoop } from './loop.js';
+import { attachLoop, detachLoop, loopDirectIo } from './loop.js';
 import { locateFilesystem, type ReadAt } from './partitions.js';
 
 export interface KernelMountOptions {
@@ -21,12 +21,16 @@ export interface KernelMountOptions {
   partition: number | 'auto' | 'whole';
   fstype: string;
   readOnly: boolean;
+  /** Attach the loop device with direct I/O (default; loop.ts: when `file`'s own page cache is only a second copy). */
+  directIo?: boolean;
   mountpoint: string;
   log: Logger;
 }
 
 export interface KernelMountTree extends Tree {
   loopDevice: string;
+  /** The loop device reads its backing file with direct I/O (loop.ts). */
+  directIo: boolean;
   fstype: string;
   partition: number | 'whole';
 }
@@ -34,7 +38,7 @@ export interface KernelMountTree extends Tree {
 export async function kernelMount(o: KernelMountOptions): Promise<KernelMountTree> {
   const loc = await locateFilesystem(o.read, o.size, o.partition, o.what);
   const fstype = o.fstype !== 'auto' ? o.fstype : loc.fstype;
-  const loop = await attachLoop(o.file, { offset: loc.offset, size: loc.size, readOnly: o.readOnly });
+  const loop = await attachLoop(o.file, { offset: loc.offset, size: loc.size, readOnly: o.readOnly, directIo: o.directIo ?? true });
   try {
     await fsp.mkdir(o.mountpoint, { recursive: true, mode: 0o755 });
     const args = fstype ? ['-t', fstype] : [];
@@ -54,12 +58,14 @@ export async function kernelMount(o: KernelMountOptions): Promise<KernelMountTre
     await detachLoop(loop).catch(() => undefined);
     throw e;
   }
+  const directIo = await loopDirectIo(loop);
   o.log.info('mounted', {
     what: o.what,
     file: o.file,
     partition: loc.partition,
     fstype: fstype ?? 'auto',
     loop,
+    directIo,
     mountpoint: o.mountpoint,
     readOnly: o.readOnly,
   });
@@ -69,6 +75,7 @@ export async function kernelMount(o: KernelMountOptions): Promise<KernelMountTre
     readOnly: o.readOnly,
     description: `${fstype ?? 'filesystem'} on ${loop} (partition ${loc.partition} of ${o.file})`,
     loopDevice: loop,
+    directIo,
     fstype: fstype ?? 'auto',
     partition: loc.partition,
     close: () =>
