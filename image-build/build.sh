@@ -229,6 +229,7 @@ cat >"$work/manifest.json" <<EOF
   "rootPartition": 2,
   "rootLabel": "bridge-root",
   "cmdline": "$cmdline",
+  "features": ["template"],
   "sizes": { "kernel": $(size_of "$work/vmlinuz"), "initrd": $(size_of "$work/initrd.img"), "disk": $(size_of "$disk"), "diskAllocated": $(($(du -k "$disk" | cut -f1) * 1024)) },
   "compressedSize": $compressed,
   "compression": "zstd -3 of appliance.raw",

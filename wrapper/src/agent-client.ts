@@ -9,7 +9,14 @@ import { existsSync, readFileSync } from 'node:fs';
 import ssh2 from 'ssh2';
 import { BridgeError, errorMessage } from '../../shared/src/errors.js';
 import { logger } from '../../shared/src/logger.js';
-import { controlResult, type AgentStatus, type ControlRequest } from '../../shared/src/protocol.js';
+import {
+  controlResult,
+  type AgentStatus,
+  type ConfigureParams,
+  type ConfigureResult,
+  type ControlRequest,
+  type RandomProbe,
+} from '../../shared/src/protocol.js';
 import { tail } from './runner.js';
 
 const log = logger().child({ component: 'agent-client' });
@@ -154,6 +161,15 @@ export class AgentSession {
     );
   }
 
+  /** A template copy's one configuration (no exec fallback: only the running agent can take it). */
+  configure(params: ConfigureParams): Promise<ConfigureResult> {
+    return this.controlRequest('configure', params) as Promise<ConfigureResult>;
+  }
+
+  probeRandom(): Promise<RandomProbe> {
+    return this.controlRequest('probeRandom') as Promise<RandomProbe>;
+  }
+
   async stopAgent(): Promise<void> {
     await this.call('shutdown', undefined, () => this.agentCommand('stop'));
   }
@@ -235,19 +251,4 @@ export async function waitForExports(session: AgentSession, timeoutMs: number): 
     status = await session.status();
   }
   return status;
-}
-
-/**
- * Waits until the named sources are no longer `starting` (deadline: returns anyway). The host pushes
- * secrets only then: a secret arriving while the agent is still clearing a previous run's leftovers
- * made it unmount its fresh mounts (agent race, reported), and sources that need no secret come up
- * by themselves.
- */
-export async function waitForSources(session: AgentSession, names: string[], timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    const s = await session.status();
-    if (!s.sources.some((c) => names.includes(c.name) && c.health === 'starting')) return;
-    await new Promise((r) => setTimeout(r, 200));
-  }
 }
