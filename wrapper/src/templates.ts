@@ -85,7 +85,10 @@ export function newGeneration(key: string): TemplateGeneration {
   const generation = `${Date.now().toString(36)}-${randomBytes(4).toString('hex')}`;
   const dir = join(templatesRoot(), key, generation);
   privateDir(dir);
-  return { key, generation, dir, memoryFile: join(dir, FILES.memory), configDrive: join(dir, FILES.drive), keyFile: join(dir, FILES.key) };
+  const memoryFile = join(dir, FILES.memory);
+  // Made here with its mode: QEMU's `cat >` only truncates it.
+  writeFileSync(memoryFile, '', { mode: 0o600 });
+  return { key, generation, dir, memoryFile, configDrive: join(dir, FILES.drive), keyFile: join(dir, FILES.key) };
 }
 
 export function writeGenerationKey(gen: TemplateGeneration, privateKey: string): void {

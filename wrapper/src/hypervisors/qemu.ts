@@ -322,6 +322,8 @@ export class QemuBackend implements HypervisorBackend {
     }
     // -daemonize: the parent exits once the VM is set up, so start-up errors (a busy port) surface here.
     await this.runner.run(this.bin, args, { timeoutMs: 60_000 });
+    // The parent can exit 0 while the daemon dies during start-up (an -incoming state it cannot load).
+    if (!existsSync(pidFile)) throw new BridgeError('EIO', `QEMU exited during start-up (it wrote no ${pidFile})`);
     const pid = Number(readFileSync(pidFile, 'utf8').trim());
     if (!Number.isInteger(pid) || pid <= 0) throw new BridgeError('EIO', `QEMU started but wrote no pid to ${pidFile}`);
     log.debug('started', { pid });
