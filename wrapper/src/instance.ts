@@ -252,7 +252,7 @@ export async function startInstance(o: StartOptions, ctx: Context): Promise<Star
       vm,
       forwards,
       image: { version: image.version, hash: image.hash, manifest: image.manifestPath },
-      guest: { sshUser: image.guest.sshUser },
+      guest: { sshUser: image.guest.sshUser, ...(image.features.includes('power-button') ? { powerButton: true } : {}) },
       startedAt: new Date().toISOString(),
       phase: 'starting',
       sources: sources.map((s) => `${s.name}=${s.kind === 's3' ? s.url : s.path}`),
@@ -500,7 +500,10 @@ export async function stopInstance(
   let forced = false;
   if (await backend.isRunning(state.vm)) {
     let asked = false;
-    if (state.reachable) {
+    // QEMU's stopVm presses the ACPI power button first; an appliance that handles it powers off in
+    // the same order as when asked over SSH, without the SSH connection.
+    if (state.guest.powerButton && state.hypervisor === 'qemu') asked = true;
+    else if (state.reachable) {
       try {
         const session = await connect(state, 3000);
         await session.powerOff();

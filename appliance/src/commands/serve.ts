@@ -245,9 +245,10 @@ export function register(program: Command): void {
         else {
           if (!seedDevice) throw new BridgeError('CONFIG', 'the config drive has neither an agent configuration nor a template seed device');
           const { listenForRestoreSeed, RootHelper } = await import('../guest/restore.js');
-          // Loaded before the VM is saved, so that a restored copy does not load them on its way up.
-          await import('../guest/configure.js');
-          await import('../guest/disks.js');
+          // Loaded before the VM is saved, so that a restored copy does not load them on its way up
+          // (the daemon loads store and FAT32 code only for configs that use them). None of these
+          // draws randomness at load time: values made before the save would be the same in every copy.
+          await Promise.all([import('../guest/configure.js'), import('../guest/disks.js'), import('../store/index.js'), import('../fat32/index.js')]);
           await fsp.mkdir(DEFAULT_RUNTIME, { recursive: true, mode: 0o700 });
           const helper = RootHelper.start();
           const listener = listenForRestoreSeed(seedDevice, helper, log);
