@@ -169,7 +169,9 @@ export function register(program: Command): void {
             // or on a controller that probes asynchronously).
             if (!opts.config) {
               const { waitForSerials, wantedSerials } = await import('../guest/disks.js');
+              const t0 = Date.now();
               await waitForSerials(wantedSerials(cfg), DISK_WAIT_MS, log);
+              log.debug('disks present', { waitedMs: Date.now() - t0 });
             }
             await a.start(afterClaim);
             agentStarted = true;
