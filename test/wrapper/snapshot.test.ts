@@ -159,10 +159,14 @@ describe.skipIf(!manifest)('warm starts: one template, copies restored side by s
     }
   });
 
-  it('stops every copy and leaves nothing running', async () => {
+  it('stops every copy on the ACPI power button, in order, and leaves nothing running', async () => {
     for (const name of names) {
-      const stop = await bridge(['stop', name], env, 120_000);
+      const stop = await bridge(['stop', name, '--json'], env, 120_000);
       expect(stop.code, stop.stderr).toBe(0);
+      // Not forced: the guest took the power button and ran its ordered power-off (agent first).
+      expect(JSON.parse(stop.stdout)).toMatchObject([{ name, forced: false, problems: [] }]);
+      const log = readFileSync(join(env.BRIDGE_STATE_DIR!, 'logs', `${name}.console.log`), 'utf8');
+      expect(log).toMatch(/powering off[\s\S]*agent stopped[\s\S]*bye/);
     }
     const ps = await run('ps', ['-eo', 'stat=,args=']);
     expect(ps.stdout.split('\n').filter((l) => names.some((n) => l.includes(`bridge-${n}`)) && !l.trim().startsWith('Z'))).toEqual([]);

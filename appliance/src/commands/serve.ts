@@ -166,12 +166,13 @@ export function register(program: Command): void {
           onShutdown('agent', () => a.stop());
           try {
             // In the appliance, disks may still be arriving (hot-plugged into a restored template copy,
-            // or on a controller that probes asynchronously).
+            // or on a controller that probes asynchronously), and bridge-init loads fuse and loop
+            // beside the agent's start.
             if (!opts.config) {
-              const { waitForSerials, wantedSerials } = await import('../guest/disks.js');
+              const { MODULE_DEVICES, waitForPaths, waitForSerials, wantedSerials } = await import('../guest/disks.js');
               const t0 = Date.now();
-              await waitForSerials(wantedSerials(cfg), DISK_WAIT_MS, log);
-              log.debug('disks present', { waitedMs: Date.now() - t0 });
+              await Promise.all([waitForSerials(wantedSerials(cfg), DISK_WAIT_MS, log), waitForPaths(MODULE_DEVICES, DISK_WAIT_MS, log)]);
+              log.debug('disks and device nodes present', { waitedMs: Date.now() - t0 });
             }
             await a.start(afterClaim);
             agentStarted = true;

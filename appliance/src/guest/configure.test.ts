@@ -6,7 +6,7 @@ import { Logger } from '../../../shared/src/logger.js';
 import type { ConfigureParams } from '../../../shared/src/protocol.js';
 import { applyConfigure } from './configure.js';
 import type { GuestPaths } from './config-drive.js';
-import { waitForSerials, wantedSerials } from './disks.js';
+import { waitForPaths, waitForSerials, wantedSerials } from './disks.js';
 
 let dir: string;
 let paths: GuestPaths;
@@ -82,5 +82,9 @@ describe('disks by serial', () => {
     expect(await waitForSerials(wanted, 5000, log, paths)).toEqual([]);
     expect(await waitForSerials(new Map([['bridge-src9', 'other']]), 100, log, paths)).toEqual(['bridge-src9']);
     expect(lines.join('\n')).toMatch(/disk did not appear serial=bridge-src9 source=other/);
+    setTimeout(() => writeFileSync(join(dir, 'fuse'), ''), 100);
+    expect(await waitForPaths([join(dir, 'fuse')], 5000, log)).toEqual([]);
+    expect(await waitForPaths([join(dir, 'nope')], 100, log)).toEqual([join(dir, 'nope')]);
+    expect(lines.join('\n')).toMatch(/device node did not appear path=\S+nope/);
   });
 });

@@ -3,7 +3,7 @@
  * /sys/block/X/device/serial. A restored template copy gets its source disks hot-plugged just before
  * `configure`, so the agent waits for the serials its configuration names before opening them.
  */
-import { readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { AgentConfig } from '../../../shared/src/config.js';
 import type { Logger } from '../../../shared/src/logger.js';
@@ -55,6 +55,22 @@ export async function waitForSerials(wanted: Map<string, string>, timeoutMs: num
     if (!missing.length) return [];
     if (Date.now() >= deadline) {
       for (const s of missing) log.error('disk did not appear', { serial: s, source: wanted.get(s), waitedMs: timeoutMs });
+      return missing;
+    }
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+/** The device nodes the agent needs from modules bridge-init loads in the background. */
+export const MODULE_DEVICES = ['/dev/fuse', '/dev/loop-control'];
+
+/** Waits until the paths exist; returns the missing ones after `timeoutMs` (logged). */
+export async function waitForPaths(paths: string[], timeoutMs: number, log: Logger): Promise<string[]> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const missing = paths.filter((p) => !existsSync(p));
+    if (!missing.length || Date.now() >= deadline) {
+      for (const p of missing) log.error('device node did not appear', { path: p, waitedMs: timeoutMs });
       return missing;
     }
     await new Promise((r) => setTimeout(r, 25));
