@@ -8,7 +8,7 @@ import { encodeConfigDrive } from '../../shared/src/config-drive.js';
 import { BridgeError, errorMessage } from '../../shared/src/errors.js';
 import { logger } from '../../shared/src/logger.js';
 import type { AgentStatus } from '../../shared/src/protocol.js';
-import { AgentSession, waitForAgent, waitForExports } from './agent-client.js';
+import { AgentSession, retryStalledBoot, STALL_MS, waitForAgent, waitForExports } from './agent-client.js';
 import { resolveCredentials, type CredentialOptions, type ResolvedCredentials } from './credentials.js';
 import { makeDemoDisk } from './demo.js';
 import { reachCommands, translateEndpoints, type HostEndpoint } from './endpoints.js';
@@ -300,15 +300,21 @@ export async function startInstance(o: StartOptions, ctx: Context): Promise<Star
         configDisk = native;
       }
       const disks = [{ path: configDisk, format: backend.nativeDiskFormat, serial: 'bridge-config', readOnly: true }, ...plan.disks];
-      const started = await launch({ ...base, disks });
-      const session = await waitForAgent({
-        target: { host: started.reach.address, port: started.reach.ports.ssh!, user: image.guest.sshUser, privateKey: key.privateKey },
-        timeoutMs: o.bootTimeoutMs,
-        consoleLog: started.ref.consoleLog,
-        alive: () => backend.isRunning(started.ref),
-        onPhase: (p) => progress.phase(p),
-      });
-      booted = { session, reach: started.reach, boot: 'cold' };
+      booted = await retryStalledBoot(
+        async () => {
+          const started = await launch({ ...base, disks });
+          const session = await waitForAgent({
+            target: { host: started.reach.address, port: started.reach.ports.ssh!, user: image.guest.sshUser, privateKey: key.privateKey },
+            timeoutMs: o.bootTimeoutMs,
+            consoleLog: started.ref.consoleLog,
+            alive: () => backend.isRunning(started.ref),
+            onPhase: (p) => progress.phase(p),
+            stallMs: STALL_MS,
+          });
+          return { session, reach: started.reach, boot: 'cold' as const };
+        },
+        async () => (ref ? backend.stopVm(ref, 1000) : undefined),
+      );
     }
     const { session, reach } = booted;
     if (!ref || !state) throw new BridgeError('EIO', 'internal: the VM was not recorded');

@@ -21,7 +21,7 @@ import { writeFileSync } from 'node:fs';
 import { encodeConfigDrive } from '../../shared/src/config-drive.js';
 import { BridgeError, errorMessage } from '../../shared/src/errors.js';
 import { logger } from '../../shared/src/logger.js';
-import { AgentSession, waitForAgent } from './agent-client.js';
+import { AgentSession, retryStalledBoot, STALL_MS, waitForAgent } from './agent-client.js';
 import type { PortForward, Reachable, VmDisk, VmRef, VmSpec } from './hypervisors/backend.js';
 import { awaitIncoming, hotAddDisks, QemuBackend, saveState, SEED_DEVICE, seedSocketPath, templateIdentity } from './hypervisors/qemu.js';
 import type { QmpClient } from './hypervisors/qmp.js';
@@ -135,19 +135,30 @@ async function create(o: WarmStartOptions, key: string, id: TemplateIdentity): P
   });
   writeFileSync(gen.configDrive, drive, { mode: 0o600 });
   o.progress.phase('booting the appliance to make its saved state (first start with this image)');
-  const t0 = Date.now();
-  const { ref, forwards, reach } = await o.launch(templateSpec(o, gen.configDrive));
-  const phases: Record<string, number> = { launched: Date.now() - t0 };
+  let t0 = Date.now();
+  let launched: { ref: VmRef; forwards: PortForward[]; reach: Reachable } | undefined;
   let qmp: QmpClient | undefined;
   let commit: Promise<unknown> = Promise.resolve();
+  const phases: Record<string, number> = {};
   try {
-    const session = await waitForAgent({
-      target: { host: reach.address, port: reach.ports.ssh!, user: o.image.sshUser, privateKey: pair.private },
-      timeoutMs: o.bootTimeoutMs,
-      consoleLog: ref.consoleLog,
-      alive: () => o.backend.isRunning(ref),
-      onPhase: (p) => o.progress.phase(p),
-    });
+    const session = await retryStalledBoot(
+      async () => {
+        t0 = Date.now();
+        launched = await o.launch(templateSpec(o, gen.configDrive));
+        phases.launched = Date.now() - t0;
+        const vm = launched.ref;
+        return waitForAgent({
+          target: { host: launched.reach.address, port: launched.reach.ports.ssh!, user: o.image.sshUser, privateKey: pair.private },
+          timeoutMs: o.bootTimeoutMs,
+          consoleLog: vm.consoleLog,
+          alive: () => o.backend.isRunning(vm),
+          onPhase: (p) => o.progress.phase(p),
+          stallMs: STALL_MS,
+        });
+      },
+      async () => (launched ? o.backend.stopVm(launched.ref, 1000) : undefined),
+    );
+    const { ref, forwards, reach } = launched!;
     const status = await session.status().finally(() => session.close());
     if (!status.awaitingConfiguration) throw new BridgeError('EIO', 'the template boot did not leave the agent waiting for configure');
     phases.agentWaiting = Date.now() - t0;
@@ -171,7 +182,7 @@ async function create(o: WarmStartOptions, key: string, id: TemplateIdentity): P
     await commit;
     return { ref, forwards, reach, ...done, mode: 'template-created', templateKey: key, phases };
   } catch (e) {
-    await o.backend.stopVm(ref, 1000).catch(() => undefined);
+    if (launched) await o.backend.stopVm(launched.ref, 1000).catch(() => undefined);
     removeTemplate(key);
     throw e instanceof WarmStartUnusable ? e : new WarmStartUnusable(`making the template failed: ${errorMessage(e)}`, false);
   } finally {
