@@ -134,9 +134,9 @@ cp "$repo/package.json" "$app/"
 # Only linux-x64 prebuilt addons, no sources maps, type declarations or docs.
 find "$app/node_modules" \( -name '*.map' -o -name '*.d.ts' -o -name '*.md' -o -name '*.markdown' -o -name dist-types \) -prune -exec rm -rf {} +
 find "$app/node_modules" -path '*/prebuilds/*' -type d \( -name 'darwin*' -o -name 'win32*' -o -name 'android*' -o -name 'linux-arm*' -o -name 'linux-ia32' \) -prune -exec rm -rf {} +
-# Our files: init, sshd policy, udhcpc hook, the bridge-agent command; the version stamp.
+# Our files: init, sshd policy, udhcpc and acpid hooks, the bridge-agent command; the version stamp.
 cp -a "$here/rootfs/." "$root/"
-chmod 755 "$root/usr/sbin/bridge-init" "$root/usr/local/bin/bridge-agent" "$root/usr/share/bridge/udhcpc.script"
+chmod 755 "$root/usr/sbin/bridge-init" "$root/usr/local/bin/bridge-agent" "$root/usr/share/bridge/udhcpc.script" "$root/usr/share/bridge/acpi/PWRF/00000080"
 echo "$image_version" >"$root/etc/bridge-image-version"
 echo bridge >"$root/etc/hostname"
 printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"$root/etc/hosts"
@@ -229,6 +229,7 @@ cat >"$work/manifest.json" <<EOF
   "rootPartition": 2,
   "rootLabel": "bridge-root",
   "cmdline": "$cmdline",
+  "features": ["template", "power-button"],
   "sizes": { "kernel": $(size_of "$work/vmlinuz"), "initrd": $(size_of "$work/initrd.img"), "disk": $(size_of "$disk"), "diskAllocated": $(($(du -k "$disk" | cut -f1) * 1024)) },
   "compressedSize": $compressed,
   "compression": "zstd -3 of appliance.raw",

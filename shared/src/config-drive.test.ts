@@ -19,12 +19,12 @@ describe('config drive', () => {
     expect(img.length).toBe(CONFIG_DRIVE_SIZE);
     const back = decodeConfigDrive(img);
     expect(back.name).toBe('demo');
-    expect(back.agent.exports[0]).toMatchObject({ kind: 'smb', users: ['alice'] });
+    expect(back.agent!.exports[0]).toMatchObject({ kind: 'smb', users: ['alice'] });
   });
 
   it('refuses secrets that point at host files or environment variables', () => {
     const bad = structuredClone(base);
-    bad.agent.users = [{ name: 'alice', password: { file: '/home/me/pw' } }];
+    bad.agent!.users = [{ name: 'alice', password: { file: '/home/me/pw' } }];
     expect(() => encodeConfigDrive(bad)).toThrow(/pushed/);
   });
 

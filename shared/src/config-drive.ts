@@ -3,6 +3,14 @@
  * and from any host OS without filesystem tools. It is a small raw disk: a fixed magic line, the JSON
  * length, the JSON, and its SHA-256, padded to CONFIG_DRIVE_SIZE. It holds no secrets (those are
  * pushed over SSH after boot and live only in guest memory) — `encodeConfigDrive` refuses any.
+ *
+ * Two kinds of boot: a normal one carries the agent configuration; a *template* boot (the VM whose
+ * saved state later instances are restored from) carries none — its agent waits for a `configure`
+ * request (shared/src/protocol.ts) — and names the serial device on which the host hands every
+ * restored copy fresh entropy and the time (appliance/src/guest/restore.ts).
+ *
+ * The JSON starts `{"version":1,"name":"…","sshPort":N,` so that the appliance's shell init can read
+ * the port without a JSON parser (image-build/rootfs/usr/sbin/bridge-init).
  */
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
@@ -12,18 +20,31 @@ import { BridgeError } from './errors.js';
 export const CONFIG_DRIVE_MAGIC = 'BRIDGE-CONFIG-DRIVE v1\n';
 export const CONFIG_DRIVE_SIZE = 1024 * 1024;
 
+/** An instance name: also the guest's hostname. */
+export const INSTANCE_NAME_RE = /^[a-z0-9][a-z0-9-]{0,62}$/;
+/** An OpenSSH authorized_keys line of the key types sshd accepts here. */
+export const SSH_PUBLIC_KEY_RE = /^(ssh-ed25519|ssh-rsa|ecdsa-sha2-\S+) [A-Za-z0-9+/=]+( .*)?$/;
+
 export const guestConfigSchema = z
   .object({
     version: z.literal(1),
     /** Instance name (also the guest hostname). */
-    name: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/),
+    name: z.string().regex(INSTANCE_NAME_RE),
     /** The only key sshd accepts (OpenSSH authorized_keys line). */
-    sshAuthorizedKey: z.string().regex(/^(ssh-ed25519|ssh-rsa|ecdsa-sha2-\S+) [A-Za-z0-9+/=]+( .*)?$/, 'an OpenSSH public key line'),
+    sshAuthorizedKey: z.string().regex(SSH_PUBLIC_KEY_RE, 'an OpenSSH public key line'),
     sshPort: z.number().int().min(1).max(65535).default(22),
-    /** The agent configuration; secrets in it must be {"pushed": NAME} references. */
-    agent: agentConfigSchema,
+    /** The agent configuration; secrets in it must be {"pushed": NAME} references. Absent on a template boot. */
+    agent: agentConfigSchema.optional(),
+    /** Template boots only: the guest serial device the host's restore seed arrives on. */
+    template: z
+      .object({ seedDevice: z.string().regex(/^\/dev\/tty[A-Za-z0-9]+$/, 'a serial device such as /dev/ttyS1') })
+      .strict()
+      .optional(),
   })
-  .strict();
+  .strict()
+  .refine((c) => (c.agent === undefined) !== (c.template === undefined), {
+    message: 'exactly one of "agent" (a normal boot) and "template" (a template boot)',
+  });
 
 export type GuestConfig = z.infer<typeof guestConfigSchema>;
 export type GuestConfigInput = z.input<typeof guestConfigSchema>;
@@ -46,7 +67,8 @@ export function encodeConfigDrive(config: GuestConfigInput): Buffer {
     throw new BridgeError('CONFIG', parsed.error.issues.map((i) => `config drive: ${i.path.join('.')}: ${i.message}`).join('\n'));
   }
   assertOnlyPushedSecrets(config.agent, 'agent');
-  const json = Buffer.from(JSON.stringify(config), 'utf8');
+  const { version, name, sshPort, ...rest } = parsed.data;
+  const json = Buffer.from(JSON.stringify({ version, name, sshPort, ...rest }), 'utf8');
   const header = Buffer.from(`${CONFIG_DRIVE_MAGIC}${json.length}\n`, 'ascii');
   const digest = Buffer.from(createHash('sha256').update(json).digest('hex') + '\n', 'ascii');
   const total = header.length + json.length + 1 + digest.length;

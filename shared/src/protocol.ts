@@ -39,6 +39,8 @@ export interface AgentStatus {
   /** The appliance image's version stamp, when running inside the appliance. */
   imageVersion?: string;
   ready: boolean;
+  /** A template's agent before `configure`: no sources, stages or exports yet. */
+  awaitingConfiguration?: boolean;
   pid: number;
   uptimeSeconds: number;
   sources: ComponentStatus[];
@@ -51,7 +53,43 @@ export type ControlRequest =
   | { id: number; method: 'putSecret'; params: { name: string; value: string } }
   | { id: number; method: 'setCacheSize'; params: { source?: string; bytes: number } }
   | { id: number; method: 'reload' }
-  | { id: number; method: 'shutdown' };
+  | { id: number; method: 'shutdown' }
+  | { id: number; method: 'configure'; params: ConfigureParams }
+  | { id: number; method: 'probeRandom' };
+
+/**
+ * `configure`: the one request a template's agent waits for after a restore. It makes the restored
+ * copy an instance: its SSH key (replacing the template's), its hostname, its agent configuration;
+ * fresh host entropy and the host's clock are applied again (the restore seed already did both).
+ */
+export interface ConfigureParams {
+  /** The agent configuration (validated in full by the agent; secrets only as {"pushed": NAME}). */
+  agent: unknown;
+  /** Instance name, the guest's hostname. */
+  name: string;
+  /** The instance's OpenSSH public key line: afterwards sshd accepts it and no other. */
+  sshAuthorizedKey: string;
+  /** The host's clock, milliseconds since the epoch. */
+  timeMs: number;
+  /** At least 32 random bytes from the host, hex. */
+  entropy: string;
+}
+
+export interface ConfigureResult {
+  hostname: string;
+  /** How far the guest clock was stepped (ms; 0 when it was within a second). */
+  clockStepMs: number;
+}
+
+/** `probeRandom`: fresh output of the agent's random sources, to prove two restored copies differ. */
+export interface RandomProbe {
+  /** crypto.randomBytes(16) on the main thread (OpenSSL's public DRBG of that thread). */
+  mainThread: string;
+  /** crypto.randomBytes(16) on a libuv pool thread (that thread's DRBG). */
+  poolThread: string;
+  /** crypto.randomUUID() (Node keeps a batch of them). */
+  uuid: string;
+}
 
 export type ControlResponse = { id: number; ok: true; result: unknown } | { id: number; ok: false; error: { code: ErrorCode | 'ERROR'; message: string } };
 

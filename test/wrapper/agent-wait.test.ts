@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { consoleTail, waitForAgent } from '../../wrapper/src/agent-client.js';
+import { BootStalled, consoleTail, retryStalledBoot, waitForAgent } from '../../wrapper/src/agent-client.js';
 import { generateEd25519 } from '../../wrapper/src/keys.js';
 import { freePort } from '../helpers/ports.js';
 
@@ -43,5 +43,50 @@ describe('waiting for the agent', () => {
     expect((err as Error).message).toMatch(/did not answer within 2 s \(last: .*ECONNREFUSED/);
     expect((err as Error).message).toMatch(/bridge-init: waiting for the network/);
     expect(consoleTail(join(dir, 'missing.log'))).toBe('(no console log)');
+  });
+
+  it('gives up early on a VM whose console shows nothing of the appliance, and boots it once more', async () => {
+    const log = join(dir, 'empty.log');
+    writeFileSync(log, '');
+    const port = await freePort();
+    const wait = (): Promise<unknown> =>
+      waitForAgent({
+        target: { host: '127.0.0.1', port, user: 'root', privateKey: key },
+        timeoutMs: 30_000,
+        consoleLog: log,
+        alive: async () => true,
+        stallMs: 300,
+      });
+    const err = await wait().catch((e: Error) => e);
+    expect(err).toBeInstanceOf(BootStalled);
+    expect((err as Error).message).toMatch(/printed nothing of the appliance on its console within 0 s/);
+    // A console with the initramfs's first line is alive: no early give-up, the normal timeout.
+    writeFileSync(log, 'bridge-initramfs: start\n');
+    const slow = await waitForAgent({
+      target: { host: '127.0.0.1', port, user: 'root', privateKey: key },
+      timeoutMs: 1500,
+      consoleLog: log,
+      alive: async () => true,
+      stallMs: 300,
+    }).catch((e: Error) => e);
+    expect(slow).not.toBeInstanceOf(BootStalled);
+    const calls: string[] = [];
+    let n = 0;
+    const result = await retryStalledBoot(
+      async () => {
+        calls.push('boot');
+        if (n++ === 0) throw new BootStalled('EIO', 'stuck');
+        return 'up';
+      },
+      async () => void calls.push('stop'),
+    );
+    expect(result).toBe('up');
+    expect(calls).toEqual(['boot', 'stop', 'boot']);
+    await expect(
+      retryStalledBoot(
+        async () => Promise.reject(new Error('other')),
+        async () => undefined,
+      ),
+    ).rejects.toThrow('other');
   });
 });

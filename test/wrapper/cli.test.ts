@@ -1,5 +1,5 @@
 /** The CLI's argument validation and the commands that need no VM, through the real `bridge` entry point. */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -41,6 +41,20 @@ describe('bridge CLI', () => {
     const start = await bridge(['start', '--json', '--accel', 'tcg'], env);
     expect(start.code).toBe(1);
     expect(JSON.parse(start.stdout).error.message).toMatch(/none.json does not exist/);
+  });
+
+  it('lists and clears saved templates', async () => {
+    const empty = await bridge(['image', 'templates'], env);
+    expect(empty.code, empty.stderr).toBe(0);
+    expect(empty.stdout).toMatch(/no templates in .*templates \(the next bridge start makes one\)/);
+    // A leftover generation without template.json (a start killed while saving) is listed as unusable.
+    mkdirSync(join(root, 'state', 'templates', 'deadbeef', 'gen'), { recursive: true });
+    writeFileSync(join(root, 'state', 'templates', 'deadbeef', 'gen', 'memory.state'), Buffer.alloc(1000));
+    const list = JSON.parse((await bridge(['image', 'templates', '--json'], env)).stdout) as { key: string; problem?: string; bytes: number }[];
+    expect(list).toMatchObject([{ key: 'deadbeef', problem: expect.stringMatching(/no template.json/), bytes: 1000 }]);
+    const cleared = await bridge(['image', 'templates', '--clear', '--json'], env);
+    expect(JSON.parse(cleared.stdout)).toEqual({ removed: 1, bytes: 1000 });
+    expect(existsSync(join(root, 'state', 'templates', 'deadbeef'))).toBe(false);
   });
 
   it('prints the hypervisor report as JSON', async () => {

@@ -38,6 +38,14 @@ export function bridge(args: string[], env: NodeJS.ProcessEnv, timeoutMs = 300_0
   return run(join(repo, 'node_modules', '.bin', 'tsx'), [join(repo, 'wrapper', 'src', 'cli.ts'), ...args], env, timeoutMs);
 }
 
+/** The built CLI (what `npx bridge` runs), for benchmarks: tsx would add its compile time to each call. */
+export const builtCli = join(repo, 'dist', 'wrapper', 'src', 'cli.js');
+
+export function bridgeBuilt(args: string[], env: NodeJS.ProcessEnv, timeoutMs = 300_000): Promise<CliResult> {
+  if (!existsSync(builtCli)) throw new Error(`${builtCli} is missing: npm run build first`);
+  return run(process.execPath, [builtCli, ...args], env, timeoutMs);
+}
+
 export function run(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env, timeoutMs = 120_000): Promise<CliResult> {
   return new Promise((resolvePromise, reject) => {
     const child = spawn(cmd, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });

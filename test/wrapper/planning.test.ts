@@ -83,7 +83,7 @@ describe('guest plan and config drive', () => {
     expect(drive.length).toBe(1024 * 1024);
     const back = decodeConfigDrive(drive);
     expect(back.name).toBe('demo');
-    expect(back.agent.exports).toHaveLength(3);
+    expect(back.agent!.exports).toHaveLength(3);
     expect(drive.toString('utf8')).not.toMatch(/"file"|"env"/);
   });
 

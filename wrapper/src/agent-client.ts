@@ -9,7 +9,14 @@ import { existsSync, readFileSync } from 'node:fs';
 import ssh2 from 'ssh2';
 import { BridgeError, errorMessage } from '../../shared/src/errors.js';
 import { logger } from '../../shared/src/logger.js';
-import { controlResult, type AgentStatus, type ControlRequest } from '../../shared/src/protocol.js';
+import {
+  controlResult,
+  type AgentStatus,
+  type ConfigureParams,
+  type ConfigureResult,
+  type ControlRequest,
+  type RandomProbe,
+} from '../../shared/src/protocol.js';
 import { tail } from './runner.js';
 
 const log = logger().child({ component: 'agent-client' });
@@ -154,6 +161,15 @@ export class AgentSession {
     );
   }
 
+  /** A template copy's one configuration (no exec fallback: only the running agent can take it). */
+  configure(params: ConfigureParams): Promise<ConfigureResult> {
+    return this.controlRequest('configure', params) as Promise<ConfigureResult>;
+  }
+
+  probeRandom(): Promise<RandomProbe> {
+    return this.controlRequest('probeRandom') as Promise<RandomProbe>;
+  }
+
   async stopAgent(): Promise<void> {
     await this.call('shutdown', undefined, () => this.agentCommand('stop'));
   }
@@ -184,17 +200,52 @@ export interface WaitOptions {
   /** Still worth waiting (the VM is alive)? */
   alive: () => Promise<boolean>;
   onPhase?: (phase: string) => void;
+  /**
+   * Gives up early (BootStalled) when the console still shows no line of the appliance (the
+   * initramfs prints one first thing) after this long: a guest stuck before it, seen once here under
+   * TCG with an empty console for 300 s, does not come back by waiting.
+   */
+  stallMs?: number;
+}
+
+/** A boot whose console shows nothing of the appliance after this long is taken for stuck. */
+export const STALL_MS = 60_000;
+
+/** The VM showed no sign of life on its console: worth one more start (retryStalledBoot). */
+export class BootStalled extends BridgeError {}
+
+/** What every appliance console shows once the initramfs runs. */
+const LIFE_SIGN = 'bridge-';
+
+function stalled(o: WaitOptions, startedAt: number): boolean {
+  if (o.stallMs === undefined || Date.now() - startedAt < o.stallMs || !existsSync(o.consoleLog)) return false;
+  return !readFileSync(o.consoleLog, 'utf8').includes(LIFE_SIGN);
+}
+
+/** Runs a boot (start + wait); when it stalled, stops that VM and boots once more. */
+export async function retryStalledBoot<T>(boot: () => Promise<T>, stop: () => Promise<void>): Promise<T> {
+  try {
+    return await boot();
+  } catch (e) {
+    if (!(e instanceof BootStalled)) throw e;
+    log.warn('the VM showed no sign of life: starting it again', { reason: e.message });
+    await stop().catch(() => undefined);
+    return boot();
+  }
 }
 
 /** Connects as soon as sshd answers and the agent's control socket exists. */
 export async function waitForAgent(o: WaitOptions): Promise<AgentSession> {
-  const deadline = Date.now() + o.timeoutMs;
+  const startedAt = Date.now();
+  const deadline = startedAt + o.timeoutMs;
   let last = 'no answer yet';
   o.onPhase?.('waiting for SSH');
   while (Date.now() < deadline) {
     if (!(await o.alive())) {
       throw new BridgeError('EIO', `the VM exited while booting. Console log (${o.consoleLog}), last lines:\n${consoleTail(o.consoleLog)}`);
     }
+    if (stalled(o, startedAt))
+      throw new BootStalled('EIO', `the VM printed nothing of the appliance on its console within ${Math.round(o.stallMs! / 1000)} s (${o.consoleLog})`);
     let session: AgentSession | undefined;
     try {
       session = await AgentSession.connect(o.target, Math.max(1000, Math.min(5000, deadline - Date.now())));
@@ -235,19 +286,4 @@ export async function waitForExports(session: AgentSession, timeoutMs: number): 
     status = await session.status();
   }
   return status;
-}
-
-/**
- * Waits until the named sources are no longer `starting` (deadline: returns anyway). The host pushes
- * secrets only then: a secret arriving while the agent is still clearing a previous run's leftovers
- * made it unmount its fresh mounts (agent race, reported), and sources that need no secret come up
- * by themselves.
- */
-export async function waitForSources(session: AgentSession, names: string[], timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    const s = await session.status();
-    if (!s.sources.some((c) => names.includes(c.name) && c.health === 'starting')) return;
-    await new Promise((r) => setTimeout(r, 200));
-  }
 }

@@ -8,12 +8,14 @@ import { encodeConfigDrive } from '../../shared/src/config-drive.js';
 import { BridgeError, errorMessage } from '../../shared/src/errors.js';
 import { logger } from '../../shared/src/logger.js';
 import type { AgentStatus } from '../../shared/src/protocol.js';
-import { AgentSession, waitForAgent, waitForExports, waitForSources } from './agent-client.js';
+import { AgentSession, retryStalledBoot, STALL_MS, waitForAgent, waitForExports } from './agent-client.js';
 import { resolveCredentials, type CredentialOptions, type ResolvedCredentials } from './credentials.js';
 import { makeDemoDisk } from './demo.js';
 import { reachCommands, translateEndpoints, type HostEndpoint } from './endpoints.js';
 import { planGuest, SECRET, type Protocol } from './guest-config.js';
-import type { ForwardName, HypervisorBackend, PortForward, VmRef, VmSpec } from './hypervisors/backend.js';
+import type { ForwardName, HypervisorBackend, PortForward, Reachable, VmRef, VmSpec } from './hypervisors/backend.js';
+import { QemuBackend } from './hypervisors/qemu.js';
+import { warmStart, WarmStartUnusable, type WarmStartResult } from './warm-start.js';
 import { chooseBackend, makeBackend, type HypervisorChoice } from './hypervisors/detect.js';
 import { ensureImage, nativeDisk, type ApplianceImage } from './image.js';
 import { createInstanceKey, loadInstanceKey } from './keys.js';
@@ -71,6 +73,8 @@ export interface StartOptions {
   memoryMiB: number;
   cpus: number;
   bootTimeoutMs: number;
+  /** Use (or make) a saved VM state where the hypervisor can (QEMU); false: always boot. */
+  snapshot?: boolean;
 }
 
 export interface StartResult {
@@ -87,7 +91,32 @@ export interface StartResult {
   /** Why an export was not mounted, and how to reach it instead. */
   notMounted: { endpoint: string; reason: string; commands: string[] }[];
   consoleLog: string;
+  /** How the VM came up: booted, booted and saved as a template, or restored from one. */
+  boot: BootKind;
+  /** ms from the start of the boot to each step (a warm start's from warm-start.ts, then agent, secrets, exports). */
+  bootPhases: Record<string, number>;
   seconds: { image: number; boot: number; total: number };
+}
+
+export type BootKind = 'cold' | WarmStartResult['mode'];
+
+/** Whether this start can use a saved VM state, and why not. */
+export function warmStartPlan(
+  o: Pick<StartOptions, 'snapshot'>,
+  backend: HypervisorBackend,
+  plan: { shares: unknown[] },
+  image: Pick<ApplianceImage, 'features'>,
+  qemuVersion: string | undefined,
+  ctx: Pick<Context, 'runner'>,
+): { ok: true; qemuVersion: string } | { ok: false; reason: string } {
+  if (o.snapshot === false) return { ok: false, reason: '--no-snapshot' };
+  if (process.env.BRIDGE_SNAPSHOT === '0') return { ok: false, reason: 'BRIDGE_SNAPSHOT=0' };
+  if (!(backend instanceof QemuBackend)) return { ok: false, reason: `${backend.title} has no saved VM states here (QEMU only)` };
+  if (ctx.runner.platform === 'win32') return { ok: false, reason: 'saved VM states need Unix sockets (not on Windows yet)' };
+  if (plan.shares.length) return { ok: false, reason: 'folder shares cannot be added to a restored VM' };
+  if (!image.features.includes('template')) return { ok: false, reason: 'the appliance image predates templates (rebuild it)' };
+  if (!qemuVersion) return { ok: false, reason: 'unknown QEMU version' };
+  return { ok: true, qemuVersion };
 }
 
 function readSecretFile(path: string, what: string): string {
@@ -173,28 +202,25 @@ export async function startInstance(o: StartOptions, ctx: Context): Promise<Star
     guestPorts: image.guest,
   });
   const secrets = secretValues(plan.secrets, creds, o);
+  // The agent's log (on the console: bridge logs) in more detail, for diagnosing a boot.
+  if (process.env.BRIDGE_GUEST_LOG === 'debug' || process.env.BRIDGE_GUEST_LOG === 'json')
+    plan.agent.log = { level: process.env.BRIDGE_GUEST_LOG === 'debug' ? 'debug' : 'info', json: true };
 
   const key = createInstanceKey(name);
-  const drive = encodeConfigDrive({ version: 1, name, sshAuthorizedKey: key.publicKey, sshPort: image.guest.sshPort, agent: plan.agent });
-  let configDisk = join(dir, 'config.img');
-  writeFileSync(configDisk, drive);
-  if (backend.nativeDiskFormat !== 'raw') {
-    const native = join(dir, `config.${backend.nativeDiskFormat === 'parallels' ? 'hdd' : backend.nativeDiskFormat}`);
-    await backend.convertImage(configDisk, native);
-    configDisk = native;
-  }
   const wanted: { name: ForwardName; guestPort: number }[] = [{ name: 'ssh', guestPort: image.guest.sshPort }];
   const guestPort: Record<Protocol, number> = { smb: image.guest.smbPort, nfs: image.guest.nfsPort, iscsi: image.guest.iscsiPort };
   for (const p of o.exports) wanted.push({ name: p, guestPort: guestPort[p] });
 
-  const spec: VmSpec = {
+  // The VM without its disks: a cold boot adds the config drive and the sources; a warm start adds
+  // the template's config drive and hot-plugs the sources after the restore.
+  const base: VmSpec = {
     name,
     dir,
     bootDisk: { path: bootDisk, format: backend.nativeDiskFormat },
     ...(backend.name === 'qemu' ? { kernel: { kernel: image.kernel, initrd: image.initrd, cmdline: image.cmdline } } : {}),
     memoryMiB: o.memoryMiB,
     cpus: o.cpus,
-    disks: [{ path: configDisk, format: backend.nativeDiskFormat, serial: 'bridge-config', readOnly: true }, ...plan.disks],
+    disks: [],
     shares: plan.shares,
     forwards: [],
     ...(accel ? { accel } : {}),
@@ -203,28 +229,30 @@ export async function startInstance(o: StartOptions, ctx: Context): Promise<Star
   progress.phase(`booting the appliance ${image.version} with ${detection.title}${accel ? ` (${accel})` : ''}`);
   const tBoot = Date.now();
   let ref: VmRef | undefined;
-  let forwards: PortForward[] = [];
   let state: InstanceState | undefined;
-  try {
-    ref = await backend.createVm(spec);
+  /** Starts a VM with free host ports and records it at once, so that `bridge stop` works from here on. */
+  const launch = async (spec: VmSpec): Promise<{ ref: VmRef; forwards: PortForward[]; reach: Reachable }> => {
+    let vm = await backend.createVm(spec);
+    let forwards: PortForward[] = [];
     // A picked port can be taken by someone else before the hypervisor binds it: pick again.
     for (let attempt = 1; ; attempt++) {
       forwards = await allocateForwards(wanted, takenPorts(name));
       try {
-        ref = await backend.startVm(ref, { ...spec, forwards });
+        vm = await backend.startVm(vm, { ...spec, forwards });
         break;
       } catch (e) {
         if (attempt >= 3 || !/host forwarding|address already in use/i.test(errorMessage(e))) throw e;
         log.debug('port taken, retrying', { error: errorMessage(e) });
       }
     }
+    ref = vm;
     state = {
       name,
       hypervisor: backend.name,
-      vm: ref,
+      vm,
       forwards,
       image: { version: image.version, hash: image.hash, manifest: image.manifestPath },
-      guest: { sshUser: image.guest.sshUser },
+      guest: { sshUser: image.guest.sshUser, ...(image.features.includes('power-button') ? { powerButton: true } : {}) },
       startedAt: new Date().toISOString(),
       phase: 'starting',
       sources: sources.map((s) => `${s.name}=${s.kind === 's3' ? s.url : s.path}`),
@@ -233,28 +261,78 @@ export async function startInstance(o: StartOptions, ctx: Context): Promise<Star
       endpoints: [],
       mounts: [],
     };
-    saveState(state);
-    const reach = await backend.reachable(ref, forwards);
+    const reach = await backend.reachable(vm, forwards);
     state.reachable = reach;
-    const session = await waitForAgent({
-      target: { host: reach.address, port: reach.ports.ssh!, user: image.guest.sshUser, privateKey: key.privateKey },
-      timeoutMs: o.bootTimeoutMs,
-      consoleLog: ref.consoleLog,
-      alive: () => backend.isRunning(ref!),
-      onPhase: (p) => progress.phase(p),
-    });
+    saveState(state);
+    return { ref: vm, forwards, reach };
+  };
+  try {
+    let booted: { session: AgentSession; reach: Reachable; boot: BootKind; phases?: Record<string, number> } | undefined;
+    const warm = warmStartPlan(o, backend, plan, image, detection.version, ctx);
+    if (warm.ok) {
+      try {
+        const w = await warmStart({
+          backend: backend as QemuBackend,
+          spec: base,
+          disks: plan.disks,
+          image: { hash: image.hash, version: image.version, sshUser: image.guest.sshUser, sshPort: image.guest.sshPort },
+          qemuVersion: warm.qemuVersion,
+          platform: runner.platform,
+          launch,
+          instance: { name, publicKey: key.publicKey, agent: plan.agent },
+          bootTimeoutMs: o.bootTimeoutMs,
+          progress,
+        });
+        booted = { session: w.session, reach: w.reach, boot: w.mode, phases: w.phases };
+      } catch (e) {
+        if (!(e instanceof WarmStartUnusable)) throw e;
+        log.warn('warm start not possible: booting cold', { reason: e.message });
+        progress.phase('booting cold');
+      }
+    } else log.debug('cold boot', { reason: warm.reason });
+    if (!booted) {
+      const drive = encodeConfigDrive({ version: 1, name, sshAuthorizedKey: key.publicKey, sshPort: image.guest.sshPort, agent: plan.agent });
+      let configDisk = join(dir, 'config.img');
+      writeFileSync(configDisk, drive);
+      if (backend.nativeDiskFormat !== 'raw') {
+        const native = join(dir, `config.${backend.nativeDiskFormat === 'parallels' ? 'hdd' : backend.nativeDiskFormat}`);
+        await backend.convertImage(configDisk, native);
+        configDisk = native;
+      }
+      const disks = [{ path: configDisk, format: backend.nativeDiskFormat, serial: 'bridge-config', readOnly: true }, ...plan.disks];
+      booted = await retryStalledBoot(
+        async () => {
+          const started = await launch({ ...base, disks });
+          const session = await waitForAgent({
+            target: { host: started.reach.address, port: started.reach.ports.ssh!, user: image.guest.sshUser, privateKey: key.privateKey },
+            timeoutMs: o.bootTimeoutMs,
+            consoleLog: started.ref.consoleLog,
+            alive: () => backend.isRunning(started.ref),
+            onPhase: (p) => progress.phase(p),
+            stallMs: STALL_MS,
+          });
+          return { session, reach: started.reach, boot: 'cold' as const };
+        },
+        async () => (ref ? backend.stopVm(ref, 1000) : undefined),
+      );
+    }
+    const { session, reach } = booted;
+    if (!ref || !state) throw new BridgeError('EIO', 'internal: the VM was not recorded');
     state.hostKeySha256 = session.hostKeySha256;
     const tAgent = Date.now();
+    const phases: Record<string, number> = { ...(booted.phases ?? {}) };
+    const mark = (what: string): void => {
+      phases[what] = Date.now() - tBoot;
+    };
+    mark('agent');
     let status: AgentStatus;
     try {
-      await waitForSources(
-        session,
-        sources.filter((s) => s.kind === 'disk' || s.kind === 'dir').map((s) => s.name),
-        60_000,
-      );
+      // At once: the agent keeps secrets that arrive while it starts for its first build.
       progress.phase(`pushing ${secrets.size} secret(s) and starting the exports`);
       for (const [n, v] of secrets) await session.putSecret(n, v);
+      mark('secrets');
       status = await waitForExports(session, 60_000);
+      mark('exports');
     } finally {
       session.close();
     }
@@ -276,6 +354,8 @@ export async function startInstance(o: StartOptions, ctx: Context): Promise<Star
       mounts: [],
       notMounted: [],
       consoleLog: ref.consoleLog,
+      boot: booted.boot,
+      bootPhases: phases,
       seconds: { image: (tImage - t0) / 1000, boot: (tAgent - tBoot) / 1000, total: 0 },
     };
     if (o.mount) await mountAll(state, result, creds, ctx);
@@ -426,7 +506,10 @@ export async function stopInstance(
   let forced = false;
   if (await backend.isRunning(state.vm)) {
     let asked = false;
-    if (state.reachable) {
+    // QEMU's stopVm presses the ACPI power button first; an appliance that handles it powers off in
+    // the same order as when asked over SSH, without the SSH connection.
+    if (state.guest.powerButton && state.hypervisor === 'qemu') asked = true;
+    else if (state.reachable) {
       try {
         const session = await connect(state, 3000);
         await session.powerOff();

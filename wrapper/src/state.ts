@@ -55,7 +55,8 @@ export interface InstanceState {
   forwards: PortForward[];
   reachable?: Reachable;
   image: { version: string; hash: string; manifest: string };
-  guest: { sshUser: string };
+  /** powerButton: the appliance powers off in order on the ACPI power button (no SSH needed to stop). */
+  guest: { sshUser: string; powerButton?: boolean };
   /** SHA-256 of the guest's SSH host key, pinned at first contact. */
   hostKeySha256?: string;
   startedAt: string;

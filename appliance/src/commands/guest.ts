@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { logger } from '../../../shared/src/logger.js';
-import { APPLIANCE_PATHS, applyGuestConfig, findConfigDrive, readConfigDrive } from '../guest/config-drive.js';
+import { applyGuestConfig, findConfigDrive, pathsUnder, readConfigDrive } from '../guest/config-drive.js';
 import { requestPowerOff } from '../guest/power.js';
 import { action, output } from './common.js';
 
@@ -27,7 +27,7 @@ Writes /root/.ssh/authorized_keys (the one key sshd accepts), /run/bridge/agent.
     .action(
       action(async (opts: InitOptions) => {
         const device = opts.device ?? findConfigDrive();
-        const applied = applyGuestConfig(readConfigDrive(device), device, { ...APPLIANCE_PATHS, root: opts.root });
+        const applied = applyGuestConfig(readConfigDrive(device), device, pathsUnder(opts.root));
         logger().child({ component: 'guest' }).info('config drive applied', { device, name: applied.name });
         output(opts.json ?? false, applied, () => `applied ${device}: ${applied.name}, sshd port ${applied.sshPort}`);
       }),

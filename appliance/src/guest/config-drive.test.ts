@@ -1,19 +1,11 @@
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import * as shared from '../../../shared/src/config-drive.js';
-import { encodeConfigDrive, decodeConfigDrive, type GuestConfigInput } from '../../../shared/src/config-drive.js';
-import {
-  applyGuestConfig,
-  CONFIG_DRIVE_MAGIC,
-  CONFIG_DRIVE_SIZE,
-  findConfigDrive,
-  parseConfigDrive,
-  readConfigDrive,
-  type GuestPaths,
-} from './config-drive.js';
+import { encodeConfigDrive, type GuestConfigInput } from '../../../shared/src/config-drive.js';
+import { applyGuestConfig, findConfigDrive, readConfigDrive, type GuestPaths } from './config-drive.js';
 
 const config: GuestConfigInput = {
   version: 1,
@@ -41,40 +33,35 @@ function disk(name: string, bytes: Buffer, serial?: string): void {
 
 beforeEach(() => {
   dir = mkdtempSync(join(tmpdir(), 'bridge-guest-'));
-  paths = { sys: join(dir, 'sys'), dev: join(dir, 'dev'), root: join(dir, 'root') };
+  paths = { sys: join(dir, 'sys'), dev: join(dir, 'dev'), proc: join(dir, 'proc'), root: join(dir, 'root') };
   mkdirSync(join(paths.sys, 'block'), { recursive: true });
   mkdirSync(paths.dev);
 });
 afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
 describe('guest config drive', () => {
-  it('reads the framing exactly as shared/src/config-drive.ts writes it', () => {
-    expect(CONFIG_DRIVE_MAGIC).toBe(shared.CONFIG_DRIVE_MAGIC);
-    expect(CONFIG_DRIVE_SIZE).toBe(shared.CONFIG_DRIVE_SIZE);
-    const img = encodeConfigDrive(config);
-    expect(parseConfigDrive(img)).toEqual(JSON.parse(JSON.stringify(config)));
-    const full = decodeConfigDrive(img);
-    expect([parseConfigDrive(img).name, parseConfigDrive(img).sshAuthorizedKey, parseConfigDrive(img).sshPort]).toEqual([
-      full.name,
-      full.sshAuthorizedKey,
-      full.sshPort,
-    ]);
-    const noPort = encodeConfigDrive({ ...config, sshPort: undefined });
-    expect(parseConfigDrive(noPort).sshPort).toBe(decodeConfigDrive(noPort).sshPort);
+  it('puts the SSH port where the shell init reads it, with sed, without a JSON parser', () => {
+    // The same expression as image-build/rootfs/usr/sbin/bridge-init.
+    const port = (img: Buffer): string =>
+      execFileSync('sed', ['-n', '3s/^{"version":1,"name":"[a-z0-9-]*","sshPort":\\([0-9]\\{1,5\\}\\),.*/\\1/p'], { input: img.subarray(0, 4096) })
+        .toString()
+        .trim();
+    expect(port(encodeConfigDrive(config))).toBe('2222');
+    expect(port(encodeConfigDrive({ ...config, sshPort: undefined }))).toBe('22');
+    const template = encodeConfigDrive({
+      version: 1,
+      name: 'bridge-template',
+      sshAuthorizedKey: config.sshAuthorizedKey,
+      template: { seedDevice: '/dev/ttyS1' },
+    });
+    expect(port(template)).toBe('22');
   });
 
-  it('refuses a drive whose key or name is not what boot needs', () => {
-    // A well-framed drive (right checksum) with fields encodeConfigDrive would have refused.
-    const frame = (value: unknown): Buffer => {
-      const json = Buffer.from(JSON.stringify(value));
-      const digest = createHash('sha256').update(json).digest('hex');
-      return Buffer.concat([Buffer.from(`${CONFIG_DRIVE_MAGIC}${json.length}\n`), json, Buffer.from(`\n${digest}\n`)]);
-    };
-    expect(parseConfigDrive(frame(config)).name).toBe('demo-1');
-    expect(() => parseConfigDrive(frame({ ...config, name: 'Demo_1' }))).toThrow(/name/);
-    expect(() => parseConfigDrive(frame({ ...config, sshAuthorizedKey: 'hunter2' }))).toThrow(/sshAuthorizedKey/);
-    expect(() => parseConfigDrive(frame({ ...config, sshPort: 70000 }))).toThrow(/sshPort/);
-    expect(() => parseConfigDrive(Buffer.alloc(4096))).toThrow(/magic/);
+  it('refuses a drive with both or neither of an agent configuration and a template', () => {
+    const { agent: _agent, ...bare } = config;
+    expect(() => encodeConfigDrive(bare)).toThrow(/exactly one of "agent".*"template"/);
+    expect(() => encodeConfigDrive({ ...config, template: { seedDevice: '/dev/ttyS1' } })).toThrow(/exactly one/);
+    expect(() => encodeConfigDrive({ ...bare, template: { seedDevice: '/etc/passwd' } })).toThrow(/serial device/);
   });
 
   it('finds the drive by its serial, even when another disk carries the magic', () => {
@@ -102,6 +89,14 @@ describe('guest config drive', () => {
     img[40] = img[40]! ^ 0xff;
     disk('vdb', img, 'bridge-config');
     expect(() => readConfigDrive(findConfigDrive(paths))).toThrow(/checksum|length|JSON/);
+    // Well framed but wrong inside: the schema names the field.
+    const bad = Buffer.from(encodeConfigDrive(config));
+    const json = JSON.stringify({ version: 1, name: 'Demo_1', sshPort: 22, sshAuthorizedKey: 'hunter2', agent: config.agent });
+    const digest = createHash('sha256').update(json).digest('hex');
+    bad.fill(0);
+    Buffer.from(`BRIDGE-CONFIG-DRIVE v1\n${json.length}\n${json}\n${digest}\n`).copy(bad);
+    disk('vdc', bad, 'bridge-config');
+    expect(() => readConfigDrive(join(paths.dev, 'vdc'))).toThrow(/name[\s\S]*sshAuthorizedKey/);
   });
 
   it('writes the one authorized key, hostname, port and agent config with tight modes', () => {
@@ -109,14 +104,26 @@ describe('guest config drive', () => {
     const dev = findConfigDrive(paths);
     const applied = applyGuestConfig(readConfigDrive(dev), dev, paths);
     expect(applied).toMatchObject({ name: 'demo-1', sshPort: 2222 });
+    expect(readFileSync(join(paths.proc, 'sys/kernel/hostname'), 'utf8')).toBe('demo-1');
     const keys = readFileSync(join(paths.root, 'root/.ssh/authorized_keys'), 'utf8');
     expect(keys).toBe(config.sshAuthorizedKey + '\n');
     expect(statSync(join(paths.root, 'root/.ssh/authorized_keys')).mode & 0o777).toBe(0o600);
     expect(statSync(join(paths.root, 'root/.ssh')).mode & 0o777).toBe(0o700);
     expect(readFileSync(join(paths.root, 'run/bridge/hostname'), 'utf8')).toBe('demo-1\n');
-    expect(readFileSync(join(paths.root, 'run/bridge/ssh-port'), 'utf8')).toBe('2222\n');
     const agent = JSON.parse(readFileSync(join(paths.root, 'run/bridge/agent.json'), 'utf8'));
     expect(agent.users[0].password).toEqual({ pushed: 'alice-password' });
     expect(statSync(join(paths.root, 'run/bridge/agent.json')).mode & 0o777).toBe(0o600);
+  });
+
+  it('applies a template drive: key and hostname, no agent configuration', () => {
+    const { agent: _agent, ...bare } = config;
+    disk('vdb', encodeConfigDrive({ ...bare, name: 'bridge-template', template: { seedDevice: '/dev/ttyS1' } }), 'bridge-config');
+    const dev = findConfigDrive(paths);
+    const drive = readConfigDrive(dev);
+    expect(drive.template).toEqual({ seedDevice: '/dev/ttyS1' });
+    applyGuestConfig(drive, dev, paths);
+    expect(readFileSync(join(paths.root, 'root/.ssh/authorized_keys'), 'utf8')).toBe(config.sshAuthorizedKey + '\n');
+    expect(() => statSync(join(paths.root, 'run/bridge/agent.json'))).toThrow();
+    expect(JSON.parse(readFileSync(join(paths.root, 'run/bridge/guest.json'), 'utf8'))).toMatchObject({ name: 'bridge-template', template: true });
   });
 });

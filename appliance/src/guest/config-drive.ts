@@ -2,24 +2,14 @@
  * Inside the appliance: find the config drive the host attached and apply it. The drive is the virtio
  * disk whose serial is `bridge-config`; on hypervisors that cannot set a serial, the first small disk
  * that starts with the magic line. Everything it holds goes to tmpfs (/run, and /root on the
- * in-memory root overlay): the authorized key, the hostname, sshd's port and the agent configuration.
+ * in-memory root overlay): the authorized key, the hostname and the agent configuration.
+ * `bridge-agent serve --config-drive` does this itself (one Node process on the boot path).
  */
-import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { createHash } from 'node:crypto';
-import type { GuestConfig } from '../../../shared/src/config-drive.js';
+import { CONFIG_DRIVE_MAGIC, CONFIG_DRIVE_SIZE, decodeConfigDrive, type GuestConfig } from '../../../shared/src/config-drive.js';
 import { BridgeError } from '../../../shared/src/errors.js';
-
-/*
- * This file runs on the boot path under emulation, where importing zod alone costs ~4.6 s (measured
- * under TCG here), so it reads the drive's framing itself instead of calling decodeConfigDrive(): the
- * same magic line, length, JSON and SHA-256 (config-drive.test.ts checks both agree), plus the few
- * fields boot needs. The agent configuration inside is validated in full by `bridge-agent serve`.
- */
-export const CONFIG_DRIVE_MAGIC = 'BRIDGE-CONFIG-DRIVE v1\n';
-export const CONFIG_DRIVE_SIZE = 1024 * 1024;
-const NAME = /^[a-z0-9][a-z0-9-]{0,62}$/;
-const KEY = /^(ssh-ed25519|ssh-rsa|ecdsa-sha2-\S+) [A-Za-z0-9+/=]+( .*)?$/;
+import { blockSerials } from './disks.js';
 
 export const CONFIG_DRIVE_SERIAL = 'bridge-config';
 /** Disks larger than this are sources, not config drives: the magic scan never reads them. */
@@ -29,11 +19,12 @@ export interface GuestPaths {
   /** sysfs root (tests point these at a fake tree). */
   sys: string;
   dev: string;
+  proc: string;
   /** Prefix of every file written (`/` in the appliance). */
   root: string;
 }
 
-export const APPLIANCE_PATHS: GuestPaths = { sys: '/sys', dev: '/dev', root: '/' };
+export const APPLIANCE_PATHS: GuestPaths = { sys: '/sys', dev: '/dev', proc: '/proc', root: '/' };
 
 function readText(path: string): string | undefined {
   try {
@@ -57,22 +48,6 @@ function readHead(path: string, length: number): Buffer {
   } finally {
     closeSync(fd);
   }
-}
-
-/** Block devices that carry a serial (virtio-blk exposes /sys/block/X/serial; SCSI disks device/serial). */
-export function blockSerials(paths: GuestPaths = APPLIANCE_PATHS): Map<string, string> {
-  const out = new Map<string, string>();
-  let names: string[] = [];
-  try {
-    names = readdirSync(join(paths.sys, 'block'));
-  } catch {
-    return out;
-  }
-  for (const name of names.sort()) {
-    const serial = readText(join(paths.sys, 'block', name, 'serial')) ?? readText(join(paths.sys, 'block', name, 'device', 'serial'));
-    if (serial) out.set(name, serial);
-  }
-  return out;
 }
 
 /** The config drive's device path: by serial first, then by scanning small disks for the magic line. */
@@ -100,33 +75,11 @@ export function findConfigDrive(paths: GuestPaths = APPLIANCE_PATHS): string {
 
 export function readConfigDrive(device: string): GuestConfig {
   try {
-    return parseConfigDrive(readHead(device, CONFIG_DRIVE_SIZE));
+    return decodeConfigDrive(readHead(device, CONFIG_DRIVE_SIZE));
   } catch (e) {
     if (e instanceof BridgeError) throw new BridgeError(e.code, `${device}: ${e.message}`);
     throw e;
   }
-}
-
-/** The drive's bytes → its configuration: framing and checksum, then the fields boot relies on. */
-export function parseConfigDrive(data: Buffer): GuestConfig {
-  const magic = Buffer.from(CONFIG_DRIVE_MAGIC, 'ascii');
-  if (!data.subarray(0, magic.length).equals(magic)) throw new BridgeError('EINVAL', 'not a bridge config drive (magic line missing)');
-  const nl = data.indexOf(0x0a, magic.length);
-  const length = Number(data.subarray(magic.length, nl).toString('ascii'));
-  if (nl < 0 || !Number.isSafeInteger(length) || length <= 0 || nl + 1 + length > data.length) throw new BridgeError('EINVAL', 'config drive: bad length');
-  const json = data.subarray(nl + 1, nl + 1 + length);
-  const digest = data.subarray(nl + 2 + length, nl + 2 + length + 64).toString('ascii');
-  if (createHash('sha256').update(json).digest('hex') !== digest) throw new BridgeError('EIO', 'config drive: checksum mismatch (corrupt drive)');
-  const raw = JSON.parse(json.toString('utf8')) as Partial<GuestConfig>;
-  const problems: string[] = [];
-  if (raw.version !== 1) problems.push('version: expected 1');
-  if (typeof raw.name !== 'string' || !NAME.test(raw.name)) problems.push('name: a hostname of a-z, 0-9 and "-"');
-  if (typeof raw.sshAuthorizedKey !== 'string' || !KEY.test(raw.sshAuthorizedKey)) problems.push('sshAuthorizedKey: an OpenSSH public key line');
-  const sshPort = raw.sshPort ?? 22;
-  if (!Number.isInteger(sshPort) || sshPort < 1 || sshPort > 65535) problems.push('sshPort: a TCP port');
-  if (!raw.agent || typeof raw.agent !== 'object') problems.push('agent: the agent configuration object');
-  if (problems.length) throw new BridgeError('CONFIG', problems.map((p) => `config drive: ${p}`).join('\n'));
-  return { ...raw, sshPort } as GuestConfig;
 }
 
 export interface AppliedConfig {
@@ -136,19 +89,44 @@ export interface AppliedConfig {
   files: string[];
 }
 
-/** Writes what the rest of the boot needs; secrets are not among them (they arrive later over SSH). */
+/** Paths under `root` (tests, `guest init --root`): nothing outside it is touched. */
+export function pathsUnder(root: string): GuestPaths {
+  return root === '/' ? APPLIANCE_PATHS : { ...APPLIANCE_PATHS, proc: join(root, 'proc'), root };
+}
+
+/** Replaces the one key sshd accepts (written beside, then renamed: sshd never reads half a file). */
+export function writeAuthorizedKey(key: string, paths: GuestPaths = APPLIANCE_PATHS): string {
+  const ssh = join(paths.root, 'root', '.ssh');
+  mkdirSync(ssh, { recursive: true, mode: 0o700 });
+  const file = join(ssh, 'authorized_keys');
+  writeFileSync(file + '.new', key.trim() + '\n', { mode: 0o600 });
+  renameSync(file + '.new', file);
+  return file;
+}
+
+/** The kernel's hostname (what `hostname` prints), written straight to procfs: no process to start. */
+export function setHostname(name: string, paths: GuestPaths = APPLIANCE_PATHS): void {
+  // recursive mkdir is a no-op on the real procfs; it builds the fake tree of tests and --root.
+  mkdirSync(join(paths.proc, 'sys', 'kernel'), { recursive: true });
+  writeFileSync(join(paths.proc, 'sys', 'kernel', 'hostname'), name);
+  writeFileSync(join(paths.root, 'run', 'bridge', 'hostname'), name + '\n', { mode: 0o644 });
+}
+
+/**
+ * Writes what the rest of the boot needs; secrets are not among them (they arrive later over SSH).
+ * A template drive has no agent configuration: that arrives in `configure`.
+ */
 export function applyGuestConfig(config: GuestConfig, device: string, paths: GuestPaths = APPLIANCE_PATHS): AppliedConfig {
   const run = join(paths.root, 'run', 'bridge');
-  const ssh = join(paths.root, 'root', '.ssh');
   mkdirSync(run, { recursive: true, mode: 0o755 });
-  mkdirSync(ssh, { recursive: true, mode: 0o700 });
-  const files: Array<[string, string, number]> = [
-    [join(ssh, 'authorized_keys'), config.sshAuthorizedKey.trim() + '\n', 0o600],
-    [join(run, 'agent.json'), JSON.stringify(config.agent, null, 2) + '\n', 0o600],
-    [join(run, 'hostname'), config.name + '\n', 0o644],
-    [join(run, 'ssh-port'), String(config.sshPort) + '\n', 0o644],
-    [join(run, 'guest.json'), JSON.stringify({ name: config.name, sshPort: config.sshPort, configDrive: device }) + '\n', 0o644],
-  ];
-  for (const [path, text, mode] of files) writeFileSync(path, text, { mode });
-  return { device, name: config.name, sshPort: config.sshPort, files: files.map((f) => f[0]) };
+  const files = [writeAuthorizedKey(config.sshAuthorizedKey, paths)];
+  if (config.agent) {
+    writeFileSync(join(run, 'agent.json'), JSON.stringify(config.agent, null, 2) + '\n', { mode: 0o600 });
+    files.push(join(run, 'agent.json'));
+  }
+  const guest = { name: config.name, sshPort: config.sshPort, configDrive: device, template: config.template !== undefined };
+  writeFileSync(join(run, 'guest.json'), JSON.stringify(guest) + '\n', { mode: 0o644 });
+  setHostname(config.name, paths);
+  files.push(join(run, 'guest.json'), join(run, 'hostname'));
+  return { device, name: config.name, sshPort: config.sshPort, files };
 }

@@ -9,6 +9,7 @@ import { HYPERVISOR_CHOICES, type HypervisorChoice } from '../hypervisors/detect
 import { startInstance, stopInstance, type Context } from '../instance.js';
 import { mountSupport } from '../mount.js';
 import { hostRunner } from '../runner.js';
+import { listTemplates, templatesRoot } from '../templates.js';
 import { action, context } from './common.js';
 
 function say(line: string): void {
@@ -62,6 +63,16 @@ export function register(program: Command): void {
             false,
           );
         }
+        await check(
+          'saved VM states (warm starts)',
+          () => {
+            const all = listTemplates();
+            const mb = Math.round(all.reduce((n, t) => n + t.bytes, 0) / 1e6);
+            const broken = all.filter((t) => t.problem).length;
+            return `${all.length} in ${templatesRoot()} (${mb} MB${broken ? `, ${broken} unusable` : ''}); bridge image templates [--clear]`;
+          },
+          false,
+        );
         if (!ok) throw new BridgeError('ENOENT', 'prerequisites are missing (see FAIL above)');
         if (!opts.boot) {
           say('TEST FINISHED OK (no boot)');
@@ -88,7 +99,7 @@ export function register(program: Command): void {
           );
           ctx.progress.end();
           say(
-            `  ok    boot: ${r.hypervisor}${r.acceleration ? `/${r.acceleration}` : ''}, image ${r.imageVersion}, agent up after ${r.seconds.boot.toFixed(1)} s`,
+            `  ok    boot: ${r.hypervisor}${r.acceleration ? `/${r.acceleration}` : ''}, image ${r.imageVersion}, ${r.boot}, agent up after ${r.seconds.boot.toFixed(1)} s`,
           );
           const smb = r.endpoints.find((e) => e.protocol === 'smb');
           if (!smb || smb.health !== 'ok') throw new BridgeError('EIO', `the SMB export is not serving: ${smb?.error ?? 'missing'}`);

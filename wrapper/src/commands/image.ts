@@ -5,6 +5,7 @@ import { qemuImgConvert, type DiskFormat } from '../hypervisors/backend.js';
 import { convertedDisk, ensureImage } from '../image.js';
 import { StderrProgress } from '../progress.js';
 import { hostRunner } from '../runner.js';
+import { clearTemplates, listTemplates, templatesRoot } from '../templates.js';
 import { action, output } from './common.js';
 
 const FORMATS = ['raw', 'qcow2', 'vmdk', 'vdi', 'vhdx'] as const;
@@ -20,6 +21,32 @@ export function register(program: Command): void {
         const progress = new StderrProgress();
         const img = await ensureImage((p) => progress.phase(`[${p.step}/${p.steps}] ${p.message}`));
         output(opts.json ?? false, img, () => `image ${img.version}: ${img.manifestPath}`);
+      }),
+    );
+  image
+    .command('templates')
+    .description('saved VM states that warm starts restore from (QEMU): list them, or remove them all')
+    .option('--clear', 'remove every template (the next start makes a new one)')
+    .option('--json', 'print the result as JSON')
+    .action(
+      action(async (opts: { clear?: boolean; json?: boolean }) => {
+        if (opts.clear) {
+          const r = clearTemplates();
+          output(opts.json ?? false, r, () => `removed ${r.removed} template(s), ${(r.bytes / 1e6).toFixed(0)} MB`);
+          return;
+        }
+        const all = listTemplates();
+        output(opts.json ?? false, all, () =>
+          all.length
+            ? all
+                .map((t) =>
+                  t.meta
+                    ? `${t.key}  ${(t.bytes / 1e6).toFixed(0)} MB  image ${t.meta.imageVersion}  qemu ${t.meta.qemuVersion}/${t.meta.accel}  ${t.meta.memoryMiB} MiB ${t.meta.cpus} CPU  made ${t.meta.created}`
+                    : `${t.key}  ${(t.bytes / 1e6).toFixed(0)} MB  UNUSABLE: ${t.problem}`,
+                )
+                .join('\n')
+            : `no templates in ${templatesRoot()} (the next bridge start makes one)`,
+        );
       }),
     );
   image

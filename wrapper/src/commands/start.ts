@@ -21,12 +21,19 @@ interface StartCliOptions {
   memory: number;
   cpus: number;
   bootTimeout: number;
+  snapshot: boolean;
   json?: boolean;
 }
 
+const BOOT_WORDS: Record<StartResult['boot'], string> = {
+  cold: 'booted',
+  'template-created': 'booted; saved as the template for the next starts',
+  restored: 'restored from the saved template',
+};
+
 export function describeStart(r: StartResult): string {
   const lines = [
-    `instance "${r.name}" is up in ${r.seconds.total.toFixed(1)} s (${r.hypervisor}${r.acceleration ? `/${r.acceleration}` : ''}, image ${r.imageVersion})`,
+    `instance "${r.name}" is up in ${r.seconds.total.toFixed(1)} s (${r.hypervisor}${r.acceleration ? `/${r.acceleration}` : ''}, image ${r.imageVersion}, ${BOOT_WORDS[r.boot]})`,
   ];
   lines.push(`user: ${r.user}${r.password ? `   password: ${r.password}   (generated; shown only now)` : ''}`);
   if (r.chapSecret) lines.push(`iSCSI CHAP secret: ${r.chapSecret}   (generated; shown only now)`);
@@ -69,6 +76,7 @@ export function register(program: Command): void {
     .option('--memory <MiB>', 'guest memory', intOption('--memory', 256, 65536), 1024)
     .option('--cpus <n>', 'guest CPUs', intOption('--cpus', 1, 64), 2)
     .option('--boot-timeout <seconds>', 'how long to wait for the agent', intOption('--boot-timeout', 5, 3600), 120)
+    .option('--no-snapshot', 'always boot: do not start from (or save) a saved VM state (also BRIDGE_SNAPSHOT=0)')
     .option('--json', 'print the result as JSON (progress stays on stderr)')
     .addHelpText(
       'after',
@@ -105,6 +113,7 @@ generated one printed once. Instance state: $XDG_STATE_HOME/bridge/instances/NAM
             memoryMiB: opts.memory,
             cpus: opts.cpus,
             bootTimeoutMs: opts.bootTimeout * 1000,
+            snapshot: opts.snapshot,
           },
           ctx,
         );

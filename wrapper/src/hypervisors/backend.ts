@@ -63,6 +63,10 @@ export interface VmSpec {
   forwards: PortForward[];
   /** QEMU only: kvm, hvf, whpx or tcg. */
   accel?: string;
+  /** QEMU only: a saved VM state to start from (a template; warm-start.ts). */
+  restoreFrom?: string;
+  /** QEMU only: host socket of the guest's second serial port, for a template's restore seed. */
+  seedSocket?: string;
 }
 
 /** What the instance state records about a VM so that a later CLI run can reach and stop it. */

@@ -3,11 +3,14 @@
  * appliance's kernel + initramfs, the boot disk behind a throw-away snapshot, user-mode networking with
  * host port forwards on 127.0.0.1, the console on a file, QMP on a Unix socket for a clean power-off.
  * QEMU daemonizes itself and its pid is recorded, so the VM outlives the CLI.
+ *
+ * Warm starts (wrapper/src/warm-start.ts): a VM's state is saved with QMP `migrate` to a file and later
+ * VMs start from it (`-incoming`), with the same device list; source disks are hot-plugged after. The
+ * `pc` machine takes PCI hot-plug on its root bus (q35 would need spare pcie-root-ports).
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { connect } from 'node:net';
 import { release, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { BridgeError } from '../../../shared/src/errors.js';
@@ -22,9 +25,11 @@ import {
   type HypervisorBackend,
   type PortForward,
   type Reachable,
+  type VmDisk,
   type VmRef,
   type VmSpec,
 } from './backend.js';
+import { qmpOnce, QmpClient } from './qmp.js';
 
 const log = logger().child({ component: 'qemu' });
 
@@ -43,21 +48,40 @@ export function qemuBinary(platform: NodeJS.Platform): string {
   return platform === 'win32' ? 'qemu-system-x86_64.exe' : 'qemu-system-x86_64';
 }
 
-/** The QMP socket; Unix socket paths are limited to ~107 bytes, so long instance dirs fall back to /tmp. */
-export function qmpSocketPath(dir: string): string {
-  const p = join(dir, 'qmp.sock');
+/** A Unix socket in `dir`; such paths are limited to ~107 bytes, so long instance dirs fall back to /tmp. */
+function socketIn(dir: string, name: string): string {
+  const p = join(dir, `${name}.sock`);
   if (p.length < 100) return p;
-  return join(tmpdir(), `bridge-qmp-${createHash('sha256').update(dir).digest('hex').slice(0, 16)}.sock`);
+  return join(tmpdir(), `bridge-${name}-${createHash('sha256').update(dir).digest('hex').slice(0, 16)}.sock`);
+}
+
+/** The QMP socket. */
+export function qmpSocketPath(dir: string): string {
+  return socketIn(dir, 'qmp');
+}
+
+/** The second serial port's socket, on which a restored VM receives its seed (warm-start.ts). */
+export function seedSocketPath(dir: string): string {
+  return socketIn(dir, 'seed');
+}
+
+/** The guest device behind the seed socket: the second 16550 UART. */
+export const SEED_DEVICE = '/dev/ttyS1';
+
+/** A word for `sh -c` (QEMU runs `exec:` migration commands through the shell). */
+export function shellQuote(s: string): string {
+  return `'${s.replace(/'/g, `'\\''`)}'`;
 }
 
 /** The full QEMU command line for a VM (pure: unit-tested). */
 export function qemuArgs(spec: VmSpec, platform: NodeJS.Platform): string[] {
   const accel = spec.accel ?? 'tcg';
   const args = ['-name', `${vmName(spec.name)},process=${vmName(spec.name)}`];
-  args.push('-machine', 'q35', '-accel', accel, '-cpu', accel === 'tcg' ? 'max' : 'host');
+  args.push('-machine', QEMU_MACHINE, '-accel', accel, '-cpu', accel === 'tcg' ? 'max' : 'host');
   args.push('-m', String(spec.memoryMiB), '-smp', String(spec.cpus));
   args.push('-nodefaults', '-no-user-config', '-display', 'none', '-vga', 'none');
   args.push('-serial', `file:${join(spec.dir, 'console.log')}`);
+  if (spec.seedSocket) args.push('-serial', `unix:${spec.seedSocket},server=on,wait=off`);
   if (platform !== 'win32') {
     args.push('-qmp', `unix:${qmpSocketPath(spec.dir)},server=on,wait=off`);
     args.push('-daemonize', '-pidfile', join(spec.dir, 'qemu.pid'));
@@ -79,7 +103,88 @@ export function qemuArgs(spec: VmSpec, platform: NodeJS.Platform): string[] {
   args.push('-nic', `user,model=virtio-net-pci${fwd}`);
   // Entropy: sshd and Node block on it early in boot otherwise.
   args.push('-device', 'virtio-rng-pci');
+  if (spec.restoreFrom) args.push('-incoming', `exec:cat ${shellQuote(spec.restoreFrom)}`);
   return args;
+}
+
+export const QEMU_MACHINE = 'pc';
+
+/**
+ * What a saved state depends on besides the image and the QEMU version: the command line with the
+ * instance's paths, name and host ports taken out (hostfwd belongs to the network backend, not to
+ * the guest's devices: a restored VM gets new ports).
+ */
+export function templateIdentity(spec: VmSpec, platform: NodeJS.Platform): string {
+  const neutral: VmSpec = {
+    ...spec,
+    name: 'template',
+    dir: '/DIR',
+    bootDisk: { ...spec.bootDisk, path: '/BOOT' },
+    ...(spec.kernel ? { kernel: { ...spec.kernel, kernel: '/KERNEL', initrd: '/INITRD' } } : {}),
+    disks: spec.disks.map((d, i) => ({ ...d, path: `/DISK${i}` })),
+    forwards: [],
+    ...(spec.seedSocket ? { seedSocket: '/SEED' } : {}),
+  };
+  delete neutral.restoreFrom;
+  return qemuArgs(neutral, platform).join(' ');
+}
+
+export interface QmpCall {
+  execute: string;
+  arguments?: Record<string, unknown>;
+}
+
+/** Pauses the VM and writes its state to `file` (QEMU runs `cat > file`). */
+export function saveStateCommands(file: string): QmpCall[] {
+  return [{ execute: 'stop' }, { execute: 'migrate', arguments: { uri: `exec:cat > ${shellQuote(file)}` } }];
+}
+
+/** Hot-plugs one raw disk as virtio-blk with its serial (node and device named after the serial). */
+export function hotAddDiskCommands(d: VmDisk): QmpCall[] {
+  const file = { driver: 'file', filename: d.path, 'read-only': d.readOnly };
+  return [
+    { execute: 'blockdev-add', arguments: { driver: d.format, 'node-name': `node-${d.serial}`, 'read-only': d.readOnly, file } },
+    { execute: 'device_add', arguments: { driver: 'virtio-blk-pci', drive: `node-${d.serial}`, serial: d.serial, id: `dev-${d.serial}` } },
+  ];
+}
+
+/** Something that runs QMP commands (QmpClient; a recorder in tests). */
+export interface QmpRunner {
+  execute(command: string, args?: Record<string, unknown>, timeoutMs?: number): Promise<unknown>;
+}
+
+async function runAll(q: QmpRunner, calls: QmpCall[]): Promise<void> {
+  for (const c of calls) await q.execute(c.execute, c.arguments);
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Saves the paused VM's state and waits until the file is complete. */
+export async function saveState(q: QmpRunner, file: string, timeoutMs = 120_000, pollMs = 50): Promise<void> {
+  await runAll(q, saveStateCommands(file));
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const s = (await q.execute('query-migrate')) as { status?: string; 'error-desc'?: string };
+    if (s.status === 'completed') return;
+    if (s.status === 'failed' || s.status === 'cancelled') throw new BridgeError('EIO', `saving the VM state failed: ${s['error-desc'] ?? s.status}`);
+    if (Date.now() > deadline) throw new BridgeError('EIO', `saving the VM state did not finish within ${timeoutMs / 1000} s (${s.status})`);
+    await sleep(pollMs);
+  }
+}
+
+/** Waits until an `-incoming` VM has loaded its state (it is then paused); returns the run state. */
+export async function awaitIncoming(q: QmpRunner, timeoutMs = 60_000, pollMs = 20): Promise<string> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const s = (await q.execute('query-status')) as { status: string };
+    if (s.status !== 'inmigrate') return s.status;
+    if (Date.now() > deadline) throw new BridgeError('EIO', `the saved state did not load within ${timeoutMs / 1000} s`);
+    await sleep(pollMs);
+  }
+}
+
+export async function hotAddDisks(q: QmpRunner, disks: VmDisk[]): Promise<void> {
+  for (const d of disks) await runAll(q, hotAddDiskCommands(d));
 }
 
 /** A boot sector that writes 0x31 to the isa-debug-exit port: QEMU exits 99 when it really ran guest code. */
@@ -217,6 +322,8 @@ export class QemuBackend implements HypervisorBackend {
     }
     // -daemonize: the parent exits once the VM is set up, so start-up errors (a busy port) surface here.
     await this.runner.run(this.bin, args, { timeoutMs: 60_000 });
+    // The parent can exit 0 while the daemon dies during start-up (an -incoming state it cannot load).
+    if (!existsSync(pidFile)) throw new BridgeError('EIO', `QEMU exited during start-up (it wrote no ${pidFile})`);
     const pid = Number(readFileSync(pidFile, 'utf8').trim());
     if (!Number.isInteger(pid) || pid <= 0) throw new BridgeError('EIO', `QEMU started but wrote no pid to ${pidFile}`);
     log.debug('started', { pid });
@@ -252,57 +359,23 @@ export class QemuBackend implements HypervisorBackend {
   async stopVm(ref: VmRef, timeoutMs: number): Promise<void> {
     if (!(await this.isRunning(ref))) return;
     const poll = this.ctx.pollMs ?? 100;
-    await qmp(qmpSocketPath(ref.dir), 'system_powerdown').catch((e: Error) => log.debug('QMP powerdown failed', { error: e.message }));
+    await qmpOnce(qmpSocketPath(ref.dir), 'system_powerdown').catch((e: Error) => log.debug('QMP powerdown failed', { error: e.message }));
     if (await waitUntilFalse(() => this.isRunning(ref), timeoutMs, poll)) return;
     log.warn('the VM did not power off in time: stopping QEMU', { vm: ref.id, timeoutMs });
-    await qmp(qmpSocketPath(ref.dir), 'quit').catch(() => process.kill(ref.pid!, 'SIGTERM'));
+    await qmpOnce(qmpSocketPath(ref.dir), 'quit').catch(() => process.kill(ref.pid!, 'SIGTERM'));
     if (await waitUntilFalse(() => this.isRunning(ref), 3000, poll)) return;
     process.kill(ref.pid!, 'SIGKILL');
     await waitUntilFalse(() => this.isRunning(ref), 3000, poll);
   }
 
+  /** A QMP connection to a running VM (the caller closes it). */
+  qmp(ref: VmRef, timeoutMs = 5000): Promise<QmpClient> {
+    return QmpClient.connect(qmpSocketPath(ref.dir), timeoutMs);
+  }
+
   async deleteVm(ref: VmRef): Promise<void> {
     rmSync(qmpSocketPath(ref.dir), { force: true });
+    rmSync(seedSocketPath(ref.dir), { force: true });
     rmSync(join(ref.dir, 'qemu.pid'), { force: true });
   }
-}
-
-/** Sends one QMP command (after the capabilities handshake) and resolves on its reply. */
-export function qmp(socketPath: string, command: string, timeoutMs = 3000): Promise<unknown> {
-  return new Promise((resolve, reject) => {
-    const sock = connect(socketPath);
-    let buf = '';
-    let step = 0;
-    const timer = setTimeout(() => {
-      sock.destroy();
-      reject(new BridgeError('EIO', `QMP ${command}: no answer within ${timeoutMs} ms`));
-    }, timeoutMs);
-    const done = (err?: Error, value?: unknown): void => {
-      clearTimeout(timer);
-      sock.destroy();
-      if (err) reject(err);
-      else resolve(value);
-    };
-    sock.on('error', (e) => done(new BridgeError('EIO', `QMP ${socketPath}: ${e.message}`)));
-    sock.on('close', () => (step >= 2 ? done(undefined, null) : undefined));
-    sock.setEncoding('utf8').on('data', (d: string) => {
-      buf += d;
-      let nl: number;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        const msg = JSON.parse(line) as { QMP?: unknown; return?: unknown; error?: { desc: string } };
-        if (msg.error) return done(new BridgeError('EIO', `QMP ${command}: ${msg.error.desc}`));
-        if (msg.QMP && step === 0) {
-          step = 1;
-          sock.write(JSON.stringify({ execute: 'qmp_capabilities' }) + '\n');
-        } else if ('return' in msg && step === 1) {
-          step = 2;
-          sock.write(JSON.stringify({ execute: command }) + '\n');
-        } else if ('return' in msg && step === 2) {
-          return done(undefined, msg.return);
-        }
-      }
-    });
-  });
 }
