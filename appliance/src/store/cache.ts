@@ -50,7 +50,10 @@ interface Entry {
   journaledSlot: number | undefined;
   uploading: boolean;
   pins: number;
+  /** Staged slot writes not yet landed; while > 0 the slot cannot be read, evicted or moved. */
   writing: number;
+  /** Tail of the chain of staged slot writes (in write order; never rejects). */
+  io: Promise<void>;
   ready: Promise<void> | undefined;
   lock: Promise<void>;
   lastWrite: number;
@@ -106,6 +109,11 @@ export class ChunkCache {
   private urgent = 0;
   private flushChain: Promise<void> = Promise.resolve();
   private storeError: BridgeError | undefined;
+  /** Bytes of acknowledged writes whose slot writes are still in flight, and their limit. */
+  private stagedBytes = 0;
+  private readonly stagedLimit: number;
+  /** A staged slot write failed: the cache file is unusable and every later flush reports it. */
+  private slotError: BridgeError | undefined;
   private consecutiveFailures = 0;
   private closed = false;
   private readonly counters = { memoryHits: 0, diskHits: 0, misses: 0, uploadFailures: 0 };
@@ -127,6 +135,7 @@ export class ChunkCache {
     this.downloadConcurrency = o.downloadConcurrency ?? 16;
     this.readAhead = o.readAhead ?? Math.max(1, Math.floor((8 * 1024 * 1024) / this.chunkSize));
     this.writeDelayMs = o.writeDelayMs ?? 100;
+    this.stagedLimit = Math.max(16 * this.chunkSize, this.memLimit);
   }
 
   /**
@@ -190,6 +199,11 @@ export class ChunkCache {
           target.set(m.subarray(off, off + target.length));
           return;
         }
+        if (e.writing > 0) {
+          // Acknowledged writes are still on their way to the slot.
+          await e.io;
+          continue;
+        }
         this.counters.diskHits++;
         e.pins++;
         try {
@@ -239,11 +253,19 @@ export class ChunkCache {
   // ---- writes ----
 
   /** Writes `data` at byte `off` of chunk `index`. */
+  /**
+   * Writes `data` at byte `off` of chunk `index`. Returns once the bytes are in memory (the chunk's
+   * copy and a staged slot write); flush() waits for staged slot writes before it syncs the file.
+   */
   async write(index: number, data: Uint8Array, off: number): Promise<void> {
     await this.waitForDirtyRoom(index);
+    await this.waitForStagingRoom();
+    // The caller's buffer (FUSE's) is reused once we return: stage a copy.
+    const copy = Buffer.allocUnsafe(data.length);
+    copy.set(data);
     if (off === 0 && data.length === this.chunkSize && !this.entries.has(index)) {
       // A whole new chunk: nothing to fetch first.
-      await this.materialize(index, 'replace', data);
+      await this.materialize(index, 'replace', copy);
       this.schedule();
       return;
     }
@@ -251,14 +273,9 @@ export class ChunkCache {
     try {
       await this.locked(e, async () => {
         if (e.slot < 0) await this.giveSlot(e, null);
-        this.applyToMemory(index, data, off);
+        this.applyToMemory(index, copy, off);
         this.markDirty(e);
-        e.writing++;
-        try {
-          await writeFully(this.slots, data, e.slot * this.chunkSize + off);
-        } finally {
-          e.writing--;
-        }
+        this.stage(e, copy, off);
       });
     } finally {
       this.unpin(e);
@@ -279,14 +296,8 @@ export class ChunkCache {
       await this.locked(e, async () => {
         this.memDelete(index);
         this.markDirty(e);
-        if (e.slot < 0) return;
-        e.writing++;
-        try {
-          // Keep the slot (it may be named by a commit record) and zero it in place.
-          await writeFully(this.slots, Buffer.alloc(this.chunkSize), e.slot * this.chunkSize);
-        } finally {
-          e.writing--;
-        }
+        // Keep the slot (it may be named by a commit record) and zero it in place.
+        if (e.slot >= 0) this.stage(e, this.zeros(), 0);
       });
     } finally {
       this.unpin(e);
@@ -311,6 +322,8 @@ export class ChunkCache {
     // A chunk still being created by a whole-chunk write has no completed write to make durable yet.
     for (const e of this.dirtyQueue) if (e.flushedGen !== e.gen && !e.ready) batch.push({ e, gen: e.gen, slot: e.slot });
     if (batch.length) {
+      await Promise.all(batch.map((b) => b.e.io));
+      if (this.slotError) throw this.slotError;
       await this.slots.datasync();
       for (const b of batch) this.journal.commit(b.e.index, b.slot);
     }
@@ -405,6 +418,7 @@ export class ChunkCache {
     } finally {
       this.closed = true;
       clearTimeout(this.pumpTimer);
+      await Promise.all([...this.entries.values()].map((e) => e.io));
       await this.journal.close();
       await this.slots.close();
     }
@@ -425,6 +439,7 @@ export class ChunkCache {
       uploading: false,
       pins: 0,
       writing: 0,
+      io: Promise.resolve(),
       ready: undefined,
       lock: Promise.resolve(),
       lastWrite: 0,
@@ -439,7 +454,7 @@ export class ChunkCache {
    * Creates the entry of a chunk: 'load' downloads it (or finds it in memory); 'replace' fills it
    * with a whole new chunk's data; 'zero' makes an entry for a chunk that will read as zeros.
    */
-  private materialize(index: number, mode: 'load' | 'replace' | 'zero', data?: Uint8Array): Promise<void> {
+  private materialize(index: number, mode: 'load' | 'replace' | 'zero', data?: Buffer): Promise<void> {
     const e = this.newEntry(index);
     if (mode === 'replace') {
       this.memDelete(index);
@@ -451,6 +466,7 @@ export class ChunkCache {
       try {
         if (mode === 'replace') {
           await this.giveSlot(e, data!);
+          this.memSet(index, data!);
           return;
         }
         let content: Buffer | null = mode === 'zero' ? null : (this.memGet(index) ?? null);
@@ -492,15 +508,44 @@ export class ChunkCache {
     }
   }
 
-  /** Takes a slot for `e` and fills it with `content` (null: zeros). */
-  private async giveSlot(e: Entry, content: Uint8Array | null): Promise<void> {
-    const slot = await this.allocSlot();
-    e.pins++;
-    try {
-      e.slot = slot;
-      await writeFully(this.slots, content ?? Buffer.alloc(this.chunkSize), slot * this.chunkSize);
-    } finally {
-      this.unpin(e);
+  /** Takes a slot for `e` and stages `content` into it (null: zeros). */
+  private async giveSlot(e: Entry, content: Buffer | null): Promise<void> {
+    e.slot = await this.allocSlot();
+    this.stage(e, content ?? this.zeros(), 0);
+  }
+
+  /**
+   * Queues a write of `data` (owned by the cache from now on; it may be the chunk's memory copy, which
+   * only later writes of the same chunk change, each staged after this one) at `off` of e's slot, after
+   * e's earlier staged writes. The slot cannot move or be reused until it has landed.
+   */
+  private stage(e: Entry, data: Buffer, off: number): void {
+    e.writing++;
+    this.stagedBytes += data.length;
+    const pos = e.slot * this.chunkSize + off;
+    e.io = e.io
+      .then(() => writeFully(this.slots, data, pos))
+      .catch((err: unknown) => {
+        this.slotError ??= new BridgeError('EIO', `cache file ${join(this.dir, 'slots')} failed a write: ${errorMessage(err)}`);
+        this.log.error('cache slot write failed; flushes will fail', { chunk: e.index, error: errorMessage(err) });
+      })
+      .finally(() => {
+        e.writing--;
+        this.stagedBytes -= data.length;
+        this.wake();
+      });
+  }
+
+  private zeroChunkBuf: Buffer | undefined;
+  /** A shared all-zero chunk (only ever read). */
+  private zeros(): Buffer {
+    return (this.zeroChunkBuf ??= Buffer.alloc(this.chunkSize));
+  }
+
+  private async waitForStagingRoom(): Promise<void> {
+    while (this.stagedBytes >= this.stagedLimit) {
+      this.checkOpen();
+      await this.changed();
     }
   }
 
@@ -663,9 +708,9 @@ export class ChunkCache {
     let wakeAt = Infinity;
     for (const e of this.dirtyQueue) {
       if (this.uploadsInFlight >= this.uploadConcurrency) break;
-      // Not while a write is landing in the slot: markDirty bumped gen before the bytes arrived, so an
-      // upload starting now would read the old bytes yet see the new gen and mark the chunk clean.
-      if (e.uploading || e.ready || e.writing > 0) continue;
+      // Reading the slot while a staged write is landing would see old bytes with the new gen and mark
+      // the chunk clean; the memory copy always holds every acknowledged write.
+      if (e.uploading || e.ready || (e.writing > 0 && !this.mem.has(e.index))) continue;
       const due = Math.max(e.retryAt, pressure ? 0 : e.lastWrite + this.writeDelayMs);
       if (due > now) {
         wakeAt = Math.min(wakeAt, due);
@@ -694,7 +739,7 @@ export class ChunkCache {
         e.pins++;
         try {
           const m = this.mem.get(e.index);
-          if (m && e.writing === 0) plain = Buffer.from(m);
+          if (m) plain = Buffer.from(m);
           else {
             plain = Buffer.allocUnsafe(this.chunkSize);
             await readFully(this.slots, plain, e.slot * this.chunkSize);
@@ -713,7 +758,7 @@ export class ChunkCache {
         if (e.slot < 0) {
           if (this.entries.get(e.index) === e) this.entries.delete(e.index);
           e.journaledSlot = undefined;
-        } else if (e.slot >= this.nSlots) await this.evict(e);
+        } else if (e.slot >= this.nSlots && e.writing === 0) await this.evict(e);
         else this.cleanLru.set(e.index, e);
       }
     } catch (err) {
