@@ -738,8 +738,10 @@ export class ChunkCache {
       if (e.slot >= 0) {
         e.pins++;
         try {
+          // The memory copy itself, not a copy of it: a write racing with the encoding bumps gen,
+          // so this upload then leaves the chunk dirty and it uploads again.
           const m = this.mem.get(e.index);
-          if (m) plain = Buffer.from(m);
+          if (m) plain = m;
           else {
             plain = Buffer.allocUnsafe(this.chunkSize);
             await readFully(this.slots, plain, e.slot * this.chunkSize);
