@@ -73,7 +73,7 @@ export class DirBackend implements ObjectBackend {
     try {
       const fd = await openFd(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o600);
       try {
-        for (let done = 0; done < data.length; ) done += await writeFd(fd, data, done, done);
+        for (let done = 0; done < data.length;) done += await writeFd(fd, data, done, done);
         await fdatasyncFd(fd);
       } finally {
         await closeFd(fd);
