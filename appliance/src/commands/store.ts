@@ -105,6 +105,7 @@ export function register(program: Command): void {
     .option('--memory-cache-size <size>', 'memory tier size (default min(32M, cache size / 8))', sizeOption('--memory-cache-size'))
     .option('--upload-concurrency <n>', 'parallel uploads (default 32)', (v) => Number.parseInt(v, 10))
     .option('--download-concurrency <n>', 'parallel downloads (default 16)', (v) => Number.parseInt(v, 10))
+    .option('--codec-threads <n>', 'worker threads for compression and encryption (default: one per core, at most 4; 0: none)', (v) => Number.parseInt(v, 10))
     .option('--read-only', 'refuse writes (takes no lock)')
     .option('--break-lock', 'remove a stale writer lock left by a process that is gone')
     .option('--json', 'print the served file as JSON once ready')
@@ -127,6 +128,7 @@ Live stats: bridge-agent store stats --store ... (read from CACHEDIR/${STATS_FIL
               memoryCacheSize?: number;
               uploadConcurrency?: number;
               downloadConcurrency?: number;
+              codecThreads?: number;
               readOnly?: boolean;
               breakLock?: boolean;
             },
@@ -140,6 +142,7 @@ Live stats: bridge-agent store stats --store ... (read from CACHEDIR/${STATS_FIL
             ...(o.memoryCacheSize !== undefined ? { memoryCacheSize: o.memoryCacheSize } : {}),
             ...(o.uploadConcurrency ? { uploadConcurrency: o.uploadConcurrency } : {}),
             ...(o.downloadConcurrency ? { downloadConcurrency: o.downloadConcurrency } : {}),
+            ...(o.codecThreads !== undefined && Number.isInteger(o.codecThreads) && o.codecThreads >= 0 ? { codecThreads: o.codecThreads } : {}),
             readOnly: o.readOnly ?? false,
             breakLock: o.breakLock ?? false,
           });

@@ -9,7 +9,7 @@
  * its fsyncs, temporary names from a counter.
  */
 import { randomBytes } from 'node:crypto';
-import { promises as fsp, constants as fsc, close, fdatasync, fsync, open, rename, write } from 'node:fs';
+import { promises as fsp, constants as fsc, close, fdatasync, fsync, open, readFile, rename, write } from 'node:fs';
 import { dirname, join, relative, sep } from 'node:path';
 import { promisify } from 'node:util';
 import { BridgeError } from '../../../shared/src/errors.js';
@@ -22,6 +22,8 @@ const closeFd = promisify(close);
 const fdatasyncFd = promisify(fdatasync);
 const fsyncFd = promisify(fsync);
 const renamePath = promisify(rename);
+// The callback readFile runs open/fstat/read/close in C++ without a promise per step.
+const readWhole = promisify(readFile) as (path: string) => Promise<Buffer>;
 const writeFd = (fd: number, data: Uint8Array, off: number, pos: number): Promise<number> =>
   new Promise((res, rej) => write(fd, data, off, data.length - off, pos, (err, n) => (err ? rej(err) : res(n))));
 
@@ -59,7 +61,7 @@ export class DirBackend implements ObjectBackend {
 
   async get(key: string): Promise<Buffer | undefined> {
     try {
-      return await fsp.readFile(this.path(key));
+      return await readWhole(this.path(key));
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
       throw wrap(`read ${key}`, e);

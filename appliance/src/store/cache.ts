@@ -17,7 +17,7 @@
  * dirty or every slot is dirty or busy. A failing store keeps dirty data and makes waiting writers
  * fail with EIO rather than hang.
  */
-import { promises as fsp, constants as fsc } from 'node:fs';
+import { promises as fsp, constants as fsc, read, write } from 'node:fs';
 import { join } from 'node:path';
 import { BridgeError, errorMessage } from '../../../shared/src/errors.js';
 import type { Logger } from '../../../shared/src/logger.js';
@@ -794,22 +794,31 @@ export class ChunkCache {
   }
 }
 
-async function readFully(fh: fsp.FileHandle, target: Uint8Array, pos: number): Promise<void> {
-  let done = 0;
-  while (done < target.length) {
-    const { bytesRead } = await fh.read(target, done, target.length - done, pos + done);
-    if (bytesRead === 0) {
-      target.fill(0, done);
-      return;
-    }
-    done += bytesRead;
-  }
+/** Reads `target.length` bytes at `pos` (zeros past the end of the file). */
+function readFully(fh: fsp.FileHandle, target: Uint8Array, pos: number): Promise<void> {
+  // The callback API on the descriptor: FileHandle's promise methods cost more per call.
+  return new Promise((res, rej) => {
+    const step = (done: number): void => {
+      if (done >= target.length) return res();
+      read(fh.fd, target, done, target.length - done, pos + done, (err, n) => {
+        if (err) return rej(err);
+        if (n === 0) {
+          target.fill(0, done);
+          return res();
+        }
+        step(done + n);
+      });
+    };
+    step(0);
+  });
 }
 
-async function writeFully(fh: fsp.FileHandle, data: Uint8Array, pos: number): Promise<void> {
-  let done = 0;
-  while (done < data.length) {
-    const { bytesWritten } = await fh.write(data, done, data.length - done, pos + done);
-    done += bytesWritten;
-  }
+function writeFully(fh: fsp.FileHandle, data: Uint8Array, pos: number): Promise<void> {
+  return new Promise((res, rej) => {
+    const step = (done: number): void => {
+      if (done >= data.length) return res();
+      write(fh.fd, data, done, data.length - done, pos + done, (err, n) => (err ? rej(err) : step(done + n)));
+    };
+    step(0);
+  });
 }

@@ -5,7 +5,7 @@
  */
 import type { Logger } from '../../../shared/src/logger.js';
 import { CHUNK_PREFIX, chunkIndexOf, chunkKey, type ObjectBackend } from './backend.js';
-import type { ChunkCodec } from './codec.js';
+import type { Codec } from './codec-pool.js';
 
 export class ChunkStore {
   /** index → stored object size. */
@@ -16,7 +16,7 @@ export class ChunkStore {
 
   constructor(
     readonly backend: ObjectBackend,
-    readonly codec: ChunkCodec,
+    readonly codec: Codec,
     readonly chunkSize: number,
     private readonly log: Logger,
   ) {}

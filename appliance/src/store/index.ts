@@ -5,6 +5,7 @@
  *   backend-dir.ts / backend-s3.ts   objects in a directory or an S3 bucket
  *   retry.ts                         retries transient store errors with backoff
  *   codec.ts + chunks.ts             zero detection → zstd → AES-256-GCM, per chunk
+ *   codec-pool.ts                    the codec on worker threads
  *   journal.ts + cache.ts            local disk + memory cache, write-back, crash-safe journal
  *   device.ts                        the BlockDevice
  *
@@ -12,7 +13,7 @@
  * defaultCacheDir. Options are documented in docs/store.md.
  */
 import { promises as fsp } from 'node:fs';
-import { homedir } from 'node:os';
+import { availableParallelism, homedir } from 'node:os';
 import { join } from 'node:path';
 import { BridgeError, errorMessage } from '../../../shared/src/errors.js';
 import { logger, type Logger } from '../../../shared/src/logger.js';
@@ -20,7 +21,7 @@ import { CHUNK_PREFIX, chunkIndexOf, HEADER_KEY, parseStoreLocation, type Object
 import { DirBackend } from './backend-dir.js';
 import { ChunkCache } from './cache.js';
 import { ChunkStore } from './chunks.js';
-import { ChunkCodec } from './codec.js';
+import { CodecPool } from './codec-pool.js';
 import { ChunkStoreDevice, type ChunkStoreStats } from './device.js';
 import { decodeHeader, encodeHeader, newHeader, unlock, type Cipher, type Compression, type VolumeHeader } from './header.js';
 import { Journal } from './journal.js';
@@ -75,6 +76,12 @@ export interface OpenStoreOptions extends StoreLocationOptions {
   /** Chunks read ahead on sequential reads (default 8 MiB worth; 0 disables). */
   readAhead?: number;
   writeDelayMs?: number;
+  /** Worker threads that compress, encrypt and decrypt chunks (default: one per core, at most 4; 0: main thread). */
+  codecThreads?: number;
+}
+
+export function defaultCodecThreads(): number {
+  return Math.min(4, availableParallelism());
 }
 
 export const DEFAULT_CHUNK_SIZE = 128 * 1024;
@@ -139,11 +146,12 @@ export async function openStore(o: OpenStoreOptions): Promise<ChunkStoreDevice> 
   const backend = await openBackend(o);
   let lock: StoreLock | undefined;
   let journal: Journal | undefined;
+  let codec: CodecPool | undefined;
   try {
     const header = await readHeader(backend);
     // Before anything changes: a wrong passphrase stops here.
     const keys = await unlock(header, o.passphrase);
-    const codec = new ChunkCodec(header, keys);
+    codec = new CodecPool(header, keys, o.codecThreads ?? defaultCodecThreads(), log);
     if (!readOnly) lock = await StoreLock.acquire(backend, { log, ...(o.breakLock ? { breakLock: true } : {}) });
     const base = o.cacheDir ?? defaultCacheDir(header.volumeId);
     // A reader gets a private cache of its own, so it never touches a writer's journal.
@@ -170,9 +178,14 @@ export async function openStore(o: OpenStoreOptions): Promise<ChunkStoreDevice> 
       log,
     );
     log.info('volume opened', { location: backend.location, volumeId: header.volumeId, size: header.size, cacheDir: dir, readOnly });
-    const cleanup = readOnly ? () => fsp.rm(dir, { recursive: true, force: true }) : undefined;
-    return new ChunkStoreDevice(header, backend, store, cache, lock, readOnly, log, cleanup);
+    const pool = codec;
+    const afterClose = async (): Promise<void> => {
+      await pool.close();
+      if (readOnly) await fsp.rm(dir, { recursive: true, force: true });
+    };
+    return new ChunkStoreDevice(header, backend, store, cache, lock, readOnly, log, afterClose);
   } catch (e) {
+    await codec?.close();
     await journal?.close().catch(() => undefined);
     await lock?.release().catch(() => undefined);
     await backend.close();
@@ -212,7 +225,7 @@ export async function fsckStore(o: StoreLocationOptions & { passphrase?: string;
   const backend = await openBackend(o);
   try {
     const header = await readHeader(backend);
-    const codec = new ChunkCodec(header, await unlock(header, o.passphrase));
+    const codec = new CodecPool(header, await unlock(header, o.passphrase), defaultCodecThreads(), log);
     const report: FsckReport = { location: backend.location, volumeId: header.volumeId, checked: 0, storedBytes: 0, bad: [], stray: [] };
     const keys: { key: string; index: number }[] = [];
     const chunks = Math.ceil(header.size / header.chunkSize);
@@ -239,7 +252,11 @@ export async function fsckStore(o: StoreLocationOptions & { passphrase?: string;
         report.checked++;
       }
     };
-    await Promise.all(Array.from({ length: o.concurrency ?? 8 }, worker));
+    try {
+      await Promise.all(Array.from({ length: o.concurrency ?? 8 }, worker));
+    } finally {
+      await codec.close();
+    }
     report.bad.sort((a, b) => a.chunk - b.chunk);
     return report;
   } finally {

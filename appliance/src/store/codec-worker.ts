@@ -1,0 +1,38 @@
+/**
+ * A codec worker thread (see codec-pool.ts): runs ChunkCodec.encode/decode for the main thread and
+ * hands results back by transfer. The volume key arrives in workerData (memory only, never logged).
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { isBridgeError, errorMessage } from '../../../shared/src/errors.js';
+import { ChunkCodec } from './codec.js';
+import type { CodecReply, CodecRequest, CodecWorkerData } from './codec-pool.js';
+
+const data = workerData as CodecWorkerData;
+const codec = new ChunkCodec(data.header, data.key ? { data: Buffer.from(data.key) } : undefined);
+const port = parentPort!;
+
+/** Transfers `b`'s memory when it owns all of it; otherwise the reply copies it. */
+function send(reply: CodecReply, b: Buffer | null): void {
+  if (b && b.byteOffset === 0 && b.byteLength === b.buffer.byteLength) {
+    try {
+      port.postMessage(reply, [b.buffer as ArrayBuffer]);
+      return;
+    } catch {
+      // Memory that cannot move (a native library's buffer): copied below.
+    }
+  }
+  port.postMessage(reply);
+}
+
+port.on('message', (req: CodecRequest) => {
+  const input = Buffer.from(req.data.buffer, req.data.byteOffset, req.data.byteLength);
+  const run = req.op === 'encode' ? codec.encode(req.index, input) : codec.decode(req.index, input, req.key);
+  run.then(
+    (out) => send({ id: req.id, data: out }, out),
+    (e: unknown) =>
+      port.postMessage({
+        id: req.id,
+        error: { code: isBridgeError(e) ? e.code : 'EIO', message: errorMessage(e), details: isBridgeError(e) ? e.details : {} },
+      } satisfies CodecReply),
+  );
+});
