@@ -122,6 +122,8 @@ export class ChunkCache {
     private readonly store: ChunkStore,
     private readonly journal: Journal,
     private readonly slots: fsp.FileHandle,
+    /** The slot file again, opened O_DSYNC: a write through it syncs just its own range. */
+    private readonly slotsDsync: fsp.FileHandle,
     private readonly dir: string,
     private cacheSize: number,
     o: CacheOptions,
@@ -148,7 +150,9 @@ export class ChunkCache {
       throw new BridgeError('EINVAL', `cache size ${o.cacheSize} is too small: it must hold at least 8 chunks of ${chunk} bytes plus ${RESERVE_FIXED} bytes`);
     }
     const slots = await fsp.open(join(dir, 'slots'), fsc.O_RDWR | fsc.O_CREAT, 0o600);
+    let slotsDsync: fsp.FileHandle | undefined;
     try {
+      slotsDsync = await fsp.open(join(dir, 'slots'), fsc.O_RDWR | fsc.O_DSYNC);
       if (pending.size) {
         log.info('replaying cache journal: uploading chunks acknowledged before the last stop', { chunks: pending.size });
         const items = [...pending];
@@ -172,9 +176,10 @@ export class ChunkCache {
       await slots.truncate(0);
     } catch (e) {
       await slots.close();
+      await slotsDsync?.close();
       throw e;
     }
-    return new ChunkCache(store, journal, slots, dir, o.cacheSize, o, log);
+    return new ChunkCache(store, journal, slots, slotsDsync, dir, o.cacheSize, o, log);
   }
 
   // ---- reads ----
@@ -322,9 +327,8 @@ export class ChunkCache {
     // A chunk still being created by a whole-chunk write has no completed write to make durable yet.
     for (const e of this.dirtyQueue) if (e.flushedGen !== e.gen && !e.ready) batch.push({ e, gen: e.gen, slot: e.slot });
     if (batch.length) {
-      await Promise.all(batch.map((b) => b.e.io));
+      await this.syncSlots(batch.map((b) => b.e));
       if (this.slotError) throw this.slotError;
-      await this.slots.datasync();
       for (const b of batch) this.journal.commit(b.e.index, b.slot);
     }
     await this.journal.sync();
@@ -336,6 +340,34 @@ export class ChunkCache {
     }
     if (this.journal.size > RESERVE_FIXED / 2 + this.nSlots * 20) await this.compactJournal();
     this.schedule();
+  }
+
+  /**
+   * Makes the slots of `entries` durable. A few chunks: each is rewritten whole through the O_DSYNC
+   * descriptor (from its memory copy, else from the slot), in its chain of staged writes, so that
+   * the slot file's other dirty pages (clean cached chunks) are left to the kernel's write-back.
+   * Many: one fdatasync of the whole file once their staged writes have landed.
+   */
+  private async syncSlots(entries: Entry[]): Promise<void> {
+    const withData = entries.filter((e) => e.slot >= 0);
+    if (withData.length * 2 > this.nextSlot) {
+      await Promise.all(withData.map((e) => e.io));
+      await this.slots.datasync();
+      return;
+    }
+    await Promise.all(
+      withData.map((e) =>
+        this.chain(e, async () => {
+          const pos = e.slot * this.chunkSize;
+          let data = this.mem.get(e.index);
+          if (!data) {
+            data = Buffer.allocUnsafe(this.chunkSize);
+            await readFully(this.slots, data, pos);
+          }
+          await writeFully(this.slotsDsync, data, pos);
+        }),
+      ),
+    );
   }
 
   private async compactJournal(): Promise<void> {
@@ -421,6 +453,7 @@ export class ChunkCache {
       await Promise.all([...this.entries.values()].map((e) => e.io));
       await this.journal.close();
       await this.slots.close();
+      await this.slotsDsync.close();
     }
     // All uploaded: the next open has nothing to replay, and the slot file can go.
     if (this.dirtyQueue.size === 0) await fsp.truncate(join(this.dir, 'slots'), 0).catch(() => undefined);
@@ -520,20 +553,31 @@ export class ChunkCache {
    * e's earlier staged writes. The slot cannot move or be reused until it has landed.
    */
   private stage(e: Entry, data: Buffer, off: number): void {
-    e.writing++;
     this.stagedBytes += data.length;
     const pos = e.slot * this.chunkSize + off;
+    void this.chain(e, () => writeFully(this.slots, data, pos)).finally(() => {
+      this.stagedBytes -= data.length;
+      this.wake();
+    });
+  }
+
+  /**
+   * Runs `step` on e's slot after every slot write queued before it, and before any queued later.
+   * Resolves when it is done; a failure is kept in slotError (every later flush fails with it).
+   */
+  private chain(e: Entry, step: () => Promise<void>): Promise<void> {
+    e.writing++;
     e.io = e.io
-      .then(() => writeFully(this.slots, data, pos))
+      .then(step)
       .catch((err: unknown) => {
         this.slotError ??= new BridgeError('EIO', `cache file ${join(this.dir, 'slots')} failed a write: ${errorMessage(err)}`);
         this.log.error('cache slot write failed; flushes will fail', { chunk: e.index, error: errorMessage(err) });
       })
       .finally(() => {
         e.writing--;
-        this.stagedBytes -= data.length;
         this.wake();
       });
+    return e.io;
   }
 
   private zeroChunkBuf: Buffer | undefined;
