@@ -8,7 +8,15 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { isBridgeError } from '../../shared/src/errors.js';
 import { chunkKey, transientError, type ObjectBackend, type ObjectInfo } from '../../appliance/src/store/backend.js';
-import { createStore, fsckStore, openStore, readStoreInfo, type ChunkStoreDevice, type OpenStoreOptions } from '../../appliance/src/store/index.js';
+import {
+  createStore,
+  fsckStore,
+  openStore,
+  readStoreInfo,
+  resizeStore,
+  type ChunkStoreDevice,
+  type OpenStoreOptions,
+} from '../../appliance/src/store/index.js';
 import { Rng } from '../helpers/random.js';
 import { quietLogs, tempDir, TEST_KDF } from './helpers.js';
 
@@ -327,5 +335,18 @@ describe('chunk store', () => {
     expect(again.size).toBe(10 * MiB);
     expect((await readBack(again, 10 * MiB - 10, 10)).equals(Buffer.alloc(10, 2))).toBe(true);
     expect((await readBack(again, 4 * MiB, 100)).equals(Buffer.alloc(100, 1))).toBe(true);
+    // resizeStore: the same for a volume that is not open; it needs the writer lock and the passphrase.
+    expect(await errorOf(resizeStore({ store, passphrase: pass, size: 16 * MiB }))).toMatchObject({ code: 'EBUSY' });
+    await again.close();
+    expect(await errorOf(resizeStore({ store, passphrase: pass, size: 9 * MiB }))).toMatchObject({
+      code: 'EINVAL',
+      message: expect.stringMatching(/refusing to shrink .* from 10485760 to 9437184 bytes/),
+    });
+    expect(await errorOf(resizeStore({ store, passphrase: 'wrong', size: 16 * MiB }))).toMatchObject({ code: 'EACCES' });
+    expect((await resizeStore({ store, passphrase: pass, size: 16 * MiB })).size).toBe(16 * MiB);
+    expect((await readStoreInfo({ store })).lock).toBeUndefined();
+    const third = await openDev(store);
+    expect(third.size).toBe(16 * MiB);
+    expect((await readBack(third, 10 * MiB - 10, 10)).equals(Buffer.alloc(10, 2))).toBe(true);
   });
 });

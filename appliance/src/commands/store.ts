@@ -18,6 +18,7 @@ import {
   fsckStore,
   openStore,
   readStoreInfo,
+  resizeStore,
   STATS_FILE,
   STATS_INTERVAL_MS,
   storeStats,
@@ -205,6 +206,29 @@ Live stats: bridge-agent store stats --store ... (read from CACHEDIR/${STATS_FIL
             `created:     ${h.created}`,
             `lock:        ${info.lock ? `held by pid ${info.lock.pid} on ${info.lock.host} since ${info.lock.since}` : 'free'}`,
           ].join('\n'),
+        );
+      }),
+    );
+
+  locationOptions(store.command('resize').description('grow a volume that is not mounted (shrinking is refused)'))
+    .requiredOption('--size <size>', 'new volume size, e.g. 200G (not smaller than now)', sizeOption('--size'))
+    .option('--passphrase-file <file>', `file whose first line is the passphrase (or set ${PASS_ENV})`)
+    .option('--break-lock', 'remove a stale writer lock left by a process that is gone')
+    .option('--json', 'print the new header as JSON')
+    .action(
+      action(async (o: LocationFlags & PassFlags & { size: number; breakLock?: boolean }) => {
+        const pass = await passphrase(o);
+        const before = await readStoreInfo(location(o));
+        const header = await resizeStore({
+          ...location(o),
+          size: o.size,
+          ...(pass !== undefined ? { passphrase: pass } : {}),
+          ...(o.breakLock ? { breakLock: true } : {}),
+        });
+        output(o.json ?? false, header, () =>
+          header.size === before.header.size
+            ? `volume ${header.volumeId} is already ${formatSize(header.size)}; nothing changed`
+            : `volume ${header.volumeId} grown from ${formatSize(before.header.size)} to ${formatSize(header.size)}`,
         );
       }),
     );

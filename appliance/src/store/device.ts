@@ -9,7 +9,7 @@ import { checkIo, Lifecycle, type BlockCapabilities, type BlockDevice } from '..
 import { HEADER_KEY, type ObjectBackend } from './backend.js';
 import type { CacheStats, ChunkCache } from './cache.js';
 import type { ChunkStore } from './chunks.js';
-import { encodeHeader, type VolumeHeader } from './header.js';
+import { checkGrowth, encodeHeader, type VolumeHeader } from './header.js';
 import type { StoreLock } from './lock.js';
 
 export interface ChunkStoreStats extends CacheStats {
@@ -112,8 +112,7 @@ export class ChunkStoreDevice implements BlockDevice {
   async resize(newSize: number): Promise<void> {
     this.life.check();
     if (!this.capabilities.resizable) throw new BridgeError('EROFS', 'volume is open read-only');
-    if (!Number.isSafeInteger(newSize) || newSize < this.size)
-      throw new BridgeError('EINVAL', `cannot shrink volume ${this.volumeId} from ${this.size} to ${newSize} bytes`);
+    checkGrowth(this.header, newSize);
     if (newSize === this.size) return;
     const next = { ...this.header, size: newSize };
     await this.backend.put(HEADER_KEY, encodeHeader(next));

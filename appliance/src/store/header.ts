@@ -41,6 +41,17 @@ export function checkChunkSize(chunkSize: number): void {
   }
 }
 
+/** Throws EINVAL for a size that would shrink the volume or is not a byte count. */
+export function checkGrowth(header: VolumeHeader, size: number): void {
+  if (!Number.isSafeInteger(size) || size <= 0) throw new BridgeError('EINVAL', `new size ${size} must be a positive number of bytes`);
+  if (size < header.size) {
+    throw new BridgeError(
+      'EINVAL',
+      `refusing to shrink volume ${header.volumeId} from ${header.size} to ${size} bytes: the data past the new end would be lost (only growing is supported)`,
+    );
+  }
+}
+
 export interface Keys {
   /** AES-256-GCM key for chunks. */
   data: Buffer;

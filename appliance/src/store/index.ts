@@ -23,7 +23,7 @@ import { ChunkCache } from './cache.js';
 import { ChunkStore } from './chunks.js';
 import { CodecPool } from './codec-pool.js';
 import { ChunkStoreDevice, type ChunkStoreStats } from './device.js';
-import { decodeHeader, encodeHeader, newHeader, unlock, type Cipher, type Compression, type VolumeHeader } from './header.js';
+import { checkGrowth, decodeHeader, encodeHeader, newHeader, unlock, type Cipher, type Compression, type VolumeHeader } from './header.js';
 import { Journal } from './journal.js';
 import { readLock, StoreLock, type LockInfo } from './lock.js';
 import { RetryingBackend, type RetryOptions } from './retry.js';
@@ -190,6 +190,36 @@ export async function openStore(o: OpenStoreOptions): Promise<ChunkStoreDevice> 
     await lock?.release().catch(() => undefined);
     await backend.close();
     throw e;
+  }
+}
+
+/**
+ * Grows a volume that is not open: checks the passphrase, takes the writer lock, rewrites the
+ * header. Shrinking is refused (the chunks past the new end would be lost). An open volume grows
+ * with `device.resize(newSize)`.
+ */
+export async function resizeStore(o: StoreLocationOptions & { passphrase?: string; size: number; breakLock?: boolean }): Promise<VolumeHeader> {
+  const log = (o.log ?? logger()).child({ component: 'store' });
+  const backend = await openBackend(o);
+  try {
+    const header = await readHeader(backend);
+    await unlock(header, o.passphrase);
+    checkGrowth(header, o.size);
+    if (o.size === header.size) return header;
+    const lock = await StoreLock.acquire(backend, { log, ...(o.breakLock ? { breakLock: true } : {}) });
+    try {
+      // Read again under the lock: a writer may have grown it meanwhile.
+      const current = await readHeader(backend);
+      checkGrowth(current, o.size);
+      const next = { ...current, size: o.size };
+      await backend.put(HEADER_KEY, encodeHeader(next));
+      log.info('volume grown', { location: backend.location, volumeId: next.volumeId, from: current.size, size: next.size });
+      return next;
+    } finally {
+      await lock.release();
+    }
+  } finally {
+    await backend.close();
   }
 }
 
