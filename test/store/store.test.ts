@@ -142,6 +142,36 @@ describe('chunk store', () => {
     await a.close().catch(() => undefined);
   });
 
+  it('holds the lock as a lease: a live holder keeps it, an expired one is taken over, a writer that lost it stops', async () => {
+    const store = await fresh();
+    const root = store.slice(4);
+    const lease = 600;
+    // A lock left by a killed process: its last renewal is long past.
+    const dead = { id: 'dead', host: 'elsewhere', pid: 999999, since: new Date(Date.now() - 60_000).toISOString(), leaseMs: lease, beat: 7 };
+    await fsp.writeFile(join(root, 'lock.json'), JSON.stringify({ ...dead, renewed: new Date(Date.now() - 30_000).toISOString() }));
+    const a = await openDev(store, { leaseMs: lease });
+    const mine = (await readStoreInfo({ store })).lock!;
+    expect(mine).toMatchObject({ pid: process.pid, leaseMs: lease });
+    expect(mine.id).not.toBe('dead');
+    // A live holder: refused at once, naming the holder and its renewal.
+    const live = await errorOf(openStore({ store, passphrase: pass, cacheDir: join(dir, 'cache2'), leaseMs: lease }));
+    expect(live).toMatchObject({ code: 'EBUSY', message: expect.stringMatching(/locked by pid \d+ .*renewed its lease \d+ s ago/) });
+    // Its clock looks far behind ours, but it keeps renewing: watching its heartbeat keeps it safe.
+    await fsp.writeFile(join(root, 'lock.json'), JSON.stringify({ ...mine, renewed: new Date(Date.now() - 60_000).toISOString() }));
+    const skew = await errorOf(openStore({ store, passphrase: pass, cacheDir: join(dir, 'cache2'), leaseMs: lease }));
+    expect(skew).toMatchObject({ code: 'EBUSY', message: expect.stringMatching(/lease is being renewed/) });
+    await a.write(Buffer.alloc(CHUNK, 1), 0);
+    await a.flush();
+    // Broken by another writer: the heartbeat notices, and the first writer refuses further writes.
+    const b = await openDev(store, { breakLock: true, cacheDir: join(dir, 'cache2'), leaseMs: lease });
+    await new Promise((r) => setTimeout(r, lease));
+    expect(await errorOf(a.write(Buffer.alloc(10), 0))).toMatchObject({ code: 'EIO', message: expect.stringMatching(/lock .* was taken over/) });
+    expect((await errorOf(a.flush())).code).toBe('EIO');
+    await b.write(Buffer.alloc(10, 2), 0);
+    await b.close();
+    expect((await readStoreInfo({ store })).lock).toBeUndefined();
+  });
+
   it('stores no zero chunks, compresses, deletes chunks overwritten with zeros or trimmed', async () => {
     const store = await fresh();
     const d = await openDev(store);

@@ -12,6 +12,7 @@ import { logger } from '../../../shared/src/logger.js';
 import { BlockFile } from '../fuse/block-file.js';
 import { onShutdown, untilShutdown } from '../process/shutdown.js';
 import { CIPHERS, COMPRESSIONS, type Cipher, type Compression } from '../store/header.js';
+import type { LockInfo } from '../store/lock.js';
 import {
   createStore,
   defaultCacheDir,
@@ -67,6 +68,12 @@ function locationOptions(cmd: Command): Command {
     .requiredOption('--store <spec>', 'dir:PATH or s3://BUCKET/PREFIX (S3 credentials from the AWS environment/profile chain)')
     .option('--endpoint <url>', 'S3-compatible endpoint URL (path-style addressing)')
     .option('--region <region>', 'S3 region (default $AWS_REGION or us-east-1)');
+}
+
+function leaseText(l: LockInfo): string {
+  if (!l.leaseMs || !l.renewed) return ' (no lease: break it with mount --break-lock once the holder is gone)';
+  const age = Math.max(0, Math.round((Date.now() - Date.parse(l.renewed)) / 1000));
+  return `, lease ${Math.round(l.leaseMs / 1000)} s, renewed ${age} s ago (by this host's clock)`;
 }
 
 export function register(program: Command): void {
@@ -204,7 +211,7 @@ Live stats: bridge-agent store stats --store ... (read from CACHEDIR/${STATS_FIL
             `cipher:      ${h.cipher}`,
             ...(h.kdf ? [`kdf:         scrypt N=${h.kdf.N} r=${h.kdf.r} p=${h.kdf.p}`] : []),
             `created:     ${h.created}`,
-            `lock:        ${info.lock ? `held by pid ${info.lock.pid} on ${info.lock.host} since ${info.lock.since}` : 'free'}`,
+            `lock:        ${info.lock ? `held by pid ${info.lock.pid} on ${info.lock.host} since ${info.lock.since}${leaseText(info.lock)}` : 'free'}`,
           ].join('\n'),
         );
       }),

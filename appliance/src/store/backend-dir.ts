@@ -108,6 +108,11 @@ export class DirBackend implements ObjectBackend {
     return true;
   }
 
+  /** O_EXCL creates are atomic on a local filesystem. */
+  async atomicCreate(): Promise<boolean> {
+    return true;
+  }
+
   async delete(key: string): Promise<void> {
     const path = this.path(key);
     try {

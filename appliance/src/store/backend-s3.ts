@@ -14,6 +14,7 @@ import {
   S3ServiceException,
   type S3ClientConfig,
 } from '@aws-sdk/client-s3';
+import { randomBytes } from 'node:crypto';
 import { BridgeError } from '../../../shared/src/errors.js';
 import { transientError, type ObjectBackend, type ObjectInfo } from './backend.js';
 
@@ -39,6 +40,7 @@ export interface S3Credentials {
 export class S3Backend implements ObjectBackend {
   readonly location: string;
   private readonly client: S3Client;
+  private conditional: Promise<boolean> | undefined;
 
   constructor(private readonly o: S3BackendOptions) {
     this.location = `s3://${o.bucket}/${o.prefix}`;
@@ -80,9 +82,40 @@ export class S3Backend implements ObjectBackend {
       await this.client.send(new PutObjectCommand({ Bucket: this.o.bucket, Key: this.o.prefix + key, Body: data, IfNoneMatch: '*' }));
       return true;
     } catch (e) {
-      const status = (e as S3ServiceException).$metadata?.httpStatusCode;
-      if (status === 412 || status === 409) return false;
+      if (preconditionFailed(e)) return false;
       throw wrap(`PUT ${key}`, e);
+    }
+  }
+
+  /**
+   * Whether the endpoint honours `If-None-Match: *` on PUT (asked once, with a probe object created
+   * twice): AWS S3 and MinIO do; s3rver and older servers ignore it, and then putIfAbsent can race.
+   */
+  atomicCreate(): Promise<boolean> {
+    this.conditional ??= this.probeConditionalPut().catch((e: unknown) => {
+      this.conditional = undefined;
+      throw e;
+    });
+    return this.conditional;
+  }
+
+  private async probeConditionalPut(): Promise<boolean> {
+    const key = `${this.o.prefix}lock.probe-${randomBytes(6).toString('hex')}`;
+    const put = (): Promise<unknown> => this.client.send(new PutObjectCommand({ Bucket: this.o.bucket, Key: key, Body: 'probe', IfNoneMatch: '*' }));
+    try {
+      await put();
+      try {
+        await put();
+        return false;
+      } catch (e) {
+        if (preconditionFailed(e)) return true;
+        if ((e as S3ServiceException).$metadata?.httpStatusCode === 501) return false;
+        throw e;
+      }
+    } catch (e) {
+      throw wrap('PUT (conditional create probe)', e);
+    } finally {
+      await this.client.send(new DeleteObjectCommand({ Bucket: this.o.bucket, Key: key })).catch(() => undefined);
     }
   }
 
@@ -112,6 +145,11 @@ export class S3Backend implements ObjectBackend {
   async close(): Promise<void> {
     this.client.destroy();
   }
+}
+
+function preconditionFailed(e: unknown): boolean {
+  const status = (e as S3ServiceException).$metadata?.httpStatusCode;
+  return status === 412 || status === 409;
 }
 
 function wrap(what: string, e: unknown): BridgeError {

@@ -13,6 +13,8 @@ export class ChunkStore {
   storedBytes = 0;
   uploads = 0;
   downloads = 0;
+  /** Throws when this process may no longer change the store (writer lease lost). */
+  guard: (() => void) | undefined;
 
   constructor(
     readonly backend: ObjectBackend,
@@ -58,7 +60,9 @@ export class ChunkStore {
 
   /** Stores a chunk's plaintext (or deletes its object when it is all zeros / null). */
   async put(index: number, plain: Uint8Array | null): Promise<void> {
+    this.guard?.();
     const obj = plain ? await this.codec.encode(index, plain) : null;
+    this.guard?.();
     const key = chunkKey(index);
     this.uploads++;
     if (obj === null) {

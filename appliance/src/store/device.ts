@@ -75,12 +75,14 @@ export class ChunkStoreDevice implements BlockDevice {
 
   async write(data: Uint8Array, offset: number): Promise<void> {
     this.life.check();
+    this.lock?.check();
     if (!checkIo(this, offset, data.length, true)) return;
     await Promise.all(this.pieces(offset, data.length).map((p) => this.cache.write(p.index, data.subarray(p.bufOff, p.bufOff + p.len), p.chunkOff)));
   }
 
   async flush(): Promise<void> {
     this.life.check();
+    this.lock?.check();
     if (this.capabilities.writable) await this.cache.flush();
   }
 
@@ -96,6 +98,7 @@ export class ChunkStoreDevice implements BlockDevice {
 
   async zero(offset: number, length: number): Promise<void> {
     this.life.check();
+    this.lock?.check();
     if (!checkIo(this, offset, length, true)) return;
     const cs = this.header.chunkSize;
     const zeros = Buffer.alloc(Math.min(length, cs));
@@ -150,6 +153,7 @@ export class ChunkStoreDevice implements BlockDevice {
       await this.cache.close();
       await this.lock?.release();
     } finally {
+      this.lock?.stop();
       await this.backend.close();
       await this.afterClose?.();
     }

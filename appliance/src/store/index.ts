@@ -71,6 +71,8 @@ export interface OpenStoreOptions extends StoreLocationOptions {
   readOnly?: boolean;
   /** Remove a stale writer lock left by a process that is gone. */
   breakLock?: boolean;
+  /** Lease of the writer lock: renewed every third of it; taken over after it expires (default 30 s). */
+  leaseMs?: number;
   uploadConcurrency?: number;
   downloadConcurrency?: number;
   /** Chunks read ahead on sequential reads (default 8 MiB worth; 0 disables). */
@@ -152,7 +154,11 @@ export async function openStore(o: OpenStoreOptions): Promise<ChunkStoreDevice> 
     // Before anything changes: a wrong passphrase stops here.
     const keys = await unlock(header, o.passphrase);
     codec = new CodecPool(header, keys, o.codecThreads ?? defaultCodecThreads(), log);
-    if (!readOnly) lock = await StoreLock.acquire(backend, { log, ...(o.breakLock ? { breakLock: true } : {}) });
+    if (!readOnly) {
+      lock = await StoreLock.acquire(backend, { log, ...(o.breakLock ? { breakLock: true } : {}), ...(o.leaseMs ? { leaseMs: o.leaseMs } : {}) });
+      // Renewed from here on, also while the journal is replayed.
+      lock.startHeartbeat();
+    }
     const base = o.cacheDir ?? defaultCacheDir(header.volumeId);
     // A reader gets a private cache of its own, so it never touches a writer's journal.
     const dir = readOnly ? join(base, 'readers', `${process.pid}-${Date.now()}`) : base;
@@ -160,6 +166,9 @@ export async function openStore(o: OpenStoreOptions): Promise<ChunkStoreDevice> 
     const opened = await Journal.open(dir, header.volumeId, header.chunkSize);
     journal = opened.journal;
     const store = new ChunkStore(backend, codec, header.chunkSize, log);
+    // No upload or delete once the lease is lost: another writer may own the volume then.
+    const held = lock;
+    if (held) store.guard = () => held.check();
     await store.scan();
     const cacheSize = o.cacheSize ?? DEFAULT_CACHE_SIZE;
     const cache = await ChunkCache.open(
@@ -188,6 +197,7 @@ export async function openStore(o: OpenStoreOptions): Promise<ChunkStoreDevice> 
     await codec?.close();
     await journal?.close().catch(() => undefined);
     await lock?.release().catch(() => undefined);
+    lock?.stop();
     await backend.close();
     throw e;
   }
