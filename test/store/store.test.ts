@@ -209,7 +209,7 @@ describe('chunk store', () => {
     obj[obj.length >> 1] = obj[obj.length >> 1]! ^ 0x01;
     await fsp.writeFile(p2, obj);
     await fsp.copyFile(join(root, chunkKey(3)), join(root, chunkKey(4)));
-    d = await openDev(store);
+    d = await openDev(store, { cacheDir: join(dir, 'cache-cold') }); // the warm cache would serve its own good copies;
     expect(await errorOf(readBack(d, 2 * CHUNK + 100, 10))).toMatchObject({ code: 'EIO', message: expect.stringMatching(/chunk 2 .*authentication failed/) });
     expect((await errorOf(readBack(d, 4 * CHUNK, CHUNK))).code).toBe('EIO');
     expect(await errorOf(readBack(d, CHUNK, 3 * CHUNK))).toMatchObject({ code: 'EIO' }); // spans chunk 2
@@ -234,7 +234,7 @@ describe('chunk store', () => {
       await d.write(Buffer.alloc(CHUNK, 9), 0);
       await d.close();
       await fsp.copyFile(join(otherDir, 'store', chunkKey(0)), join(store.slice(4), chunkKey(0)));
-      const again = await openDev(store);
+      const again = await openDev(store, { cacheDir: join(dir, 'cache-cold') });
       expect((await errorOf(readBack(again, 0, 1))).code).toBe('EIO');
     } finally {
       rmSync(otherDir, { recursive: true, force: true });
@@ -312,6 +312,76 @@ describe('chunk store', () => {
     want.fill(0, 0, 5000);
     b.copy(want, 20 * CHUNK - 100);
     expect((await readBack(again, 0, want.length)).equals(want)).toBe(true);
+    faulty!.blockPuts = false;
+  });
+
+  it('reuses the cache of a clean stop after checking it, unless another writer changed the volume since', async () => {
+    const store = await fresh();
+    const gets = { n: 0 };
+    const counting = (b: ObjectBackend): ObjectBackend => {
+      const f = new FaultyBackend(b);
+      const get = f.get.bind(f);
+      f.get = (key: string) => {
+        if (key.startsWith('c/')) gets.n++;
+        return get(key);
+      };
+      return f;
+    };
+    const data = new Rng(21).bytes(32 * CHUNK);
+    let d = await openDev(store);
+    await d.write(data, 0);
+    await d.close();
+    // Warm: every chunk comes from the slot file, none from the store.
+    d = await openDev(store, { wrapBackend: counting });
+    expect((await readBack(d, 0, data.length)).equals(data)).toBe(true);
+    expect(gets.n).toBe(0);
+    await d.close();
+    // A damaged slot fails its check and is fetched again; the others are still reused.
+    const slots = join(dir, 'cache', 'slots');
+    const raw = await fsp.readFile(slots);
+    raw[5 * CHUNK + 77] = raw[5 * CHUNK + 77]! ^ 0xff;
+    await fsp.writeFile(slots, raw);
+    d = await openDev(store, { wrapBackend: counting });
+    expect((await readBack(d, 0, data.length)).equals(data)).toBe(true);
+    expect(gets.n).toBe(1);
+    await d.close();
+    // Another writer (its own cache) changes chunk 3: the first cache must not serve its old copy.
+    const other = await openDev(store, { cacheDir: join(dir, 'cache-other') });
+    const fresh3 = new Rng(22).bytes(CHUNK);
+    await other.write(fresh3, 3 * CHUNK);
+    await other.close();
+    gets.n = 0;
+    d = await openDev(store, { wrapBackend: counting });
+    const want = Buffer.from(data);
+    fresh3.copy(want, 3 * CHUNK);
+    expect((await readBack(d, 0, data.length)).equals(want)).toBe(true);
+    expect(gets.n).toBe(32); // cold: everything fetched again
+    await d.close();
+    // A smaller limit reuses only what fits, and the directory stays under it.
+    d = await openDev(store, { cacheSize: 2 * MiB, wrapBackend: counting });
+    const du = Number(execFileSync('du', ['-sb', '--apparent-size', join(dir, 'cache')], { encoding: 'utf8' }).split('\t')[0]);
+    expect(du).toBeLessThanOrEqual(2 * MiB);
+    gets.n = 0;
+    expect((await readBack(d, 0, data.length)).equals(want)).toBe(true);
+    expect(gets.n).toBeGreaterThan(0);
+    expect(gets.n).toBeLessThan(32);
+  });
+
+  it('refuses to replay a journal when another writer session wrote the volume since', async () => {
+    const store = await fresh();
+    let faulty: FaultyBackend | undefined;
+    const a = await openDev(store, { wrapBackend: (b) => (faulty = new FaultyBackend(b)) });
+    faulty!.blockPuts = true; // acknowledged by flush, never uploaded
+    await a.write(Buffer.alloc(CHUNK, 1), 0);
+    await a.flush();
+    open.splice(open.indexOf(a), 1); // a killed process: lock, journal and slot file stay
+    const b = await openDev(store, { breakLock: true, cacheDir: join(dir, 'cache-b') });
+    await b.write(Buffer.alloc(CHUNK, 2), 0);
+    await b.close();
+    const err = await errorOf(openStore({ store, passphrase: pass, cacheDir: join(dir, 'cache'), cacheSize: 8 * MiB, breakLock: true }));
+    expect(err).toMatchObject({ code: 'EBUSY', message: expect.stringMatching(/journal .* holds 1 chunks .* overwrite newer data/) });
+    const c = await openDev(store, { cacheDir: join(dir, 'cache-c') });
+    expect((await readBack(c, 0, CHUNK)).equals(Buffer.alloc(CHUNK, 2))).toBe(true);
     faulty!.blockPuts = false;
   });
 

@@ -19,10 +19,12 @@
  */
 import { promises as fsp, constants as fsc, read, write } from 'node:fs';
 import { join } from 'node:path';
+import { crc32 } from 'node:zlib';
 import { BridgeError, errorMessage } from '../../../shared/src/errors.js';
 import type { Logger } from '../../../shared/src/logger.js';
 import type { ChunkStore } from './chunks.js';
 import type { Journal } from './journal.js';
+import { writeCacheIndex, type IndexedSlot } from './cache-index.js';
 
 export interface CacheOptions {
   /** Hard limit on the bytes the cache directory holds (slot file + journal + stats file). */
@@ -36,6 +38,8 @@ export interface CacheOptions {
   readAhead?: number;
   /** A dirty chunk waits this long after its last write before it uploads (default 100 ms). */
   writeDelayMs?: number;
+  /** The writer session (session.ts) a clean close records in the cache index; none: no index. */
+  session?: string;
 }
 
 interface Entry {
@@ -59,6 +63,8 @@ interface Entry {
   lastWrite: number;
   failures: number;
   retryAt: number;
+  /** CRC-32 of the plaintext while the slot holds exactly the stored chunk (for the cache index). */
+  crc: number | undefined;
 }
 
 /** Bytes of the cache directory kept for the journal and the stats file besides the slots. */
@@ -117,6 +123,7 @@ export class ChunkCache {
   private consecutiveFailures = 0;
   private closed = false;
   private readonly counters = { memoryHits: 0, diskHits: 0, misses: 0, uploadFailures: 0 };
+  private readonly session: string | undefined;
 
   private constructor(
     private readonly store: ChunkStore,
@@ -138,13 +145,22 @@ export class ChunkCache {
     this.readAhead = o.readAhead ?? Math.max(1, Math.floor((8 * 1024 * 1024) / this.chunkSize));
     this.writeDelayMs = o.writeDelayMs ?? 100;
     this.stagedLimit = Math.max(16 * this.chunkSize, this.memLimit);
+    this.session = o.session;
   }
 
   /**
    * Opens the cache in `dir`: replays the journal (uploads every chunk a flush acknowledged but no
    * upload finished), then starts empty. Fails, changing nothing, when the store cannot take them.
    */
-  static async open(store: ChunkStore, journal: Journal, pending: Map<number, number>, dir: string, o: CacheOptions, log: Logger): Promise<ChunkCache> {
+  static async open(
+    store: ChunkStore,
+    journal: Journal,
+    pending: Map<number, number>,
+    dir: string,
+    o: CacheOptions,
+    log: Logger,
+    warm?: IndexedSlot[],
+  ): Promise<ChunkCache> {
     const chunk = store.chunkSize;
     if (slotsFor(o.cacheSize, chunk) < 8) {
       throw new BridgeError('EINVAL', `cache size ${o.cacheSize} is too small: it must hold at least 8 chunks of ${chunk} bytes plus ${RESERVE_FIXED} bytes`);
@@ -171,15 +187,53 @@ export class ChunkCache {
         await Promise.all(Array.from({ length: Math.min(16, items.length) }, worker));
         log.info('journal replayed', { chunks: pending.size });
       }
-      // Everything acknowledged is in the store now: start with an empty journal and slot file.
+      // Everything acknowledged is in the store now: start with an empty journal.
       await journal.rewrite([]);
-      await slots.truncate(0);
+      const cache = new ChunkCache(store, journal, slots, slotsDsync, dir, o.cacheSize, o, log);
+      // The slots of the last clean stop, when nothing changed the volume since; else an empty file.
+      if (warm?.length && !pending.size) await cache.reuse(warm);
+      else await slots.truncate(0);
+      return cache;
     } catch (e) {
       await slots.close();
       await slotsDsync?.close();
       throw e;
     }
-    return new ChunkCache(store, journal, slots, slotsDsync, dir, o.cacheSize, o, log);
+  }
+
+  /**
+   * Takes over the slots a clean stop listed (cache-index.ts) as CLEAN entries, each after checking
+   * its bytes against the CRC recorded for it; the rest of the slot file is cut off or reused.
+   */
+  private async reuse(listed: IndexedSlot[]): Promise<void> {
+    const seen = new Set<number>();
+    const candidates = listed.filter((s) => s.slot < this.nSlots && this.store.has(s.index) && !seen.has(s.slot) && seen.add(s.slot));
+    let next = 0;
+    let bad = 0;
+    const kept: IndexedSlot[] = [];
+    const check = async (): Promise<void> => {
+      const buf = Buffer.allocUnsafe(this.chunkSize);
+      while (next < candidates.length) {
+        const c = candidates[next++]!;
+        await readFully(this.slots, buf, c.slot * this.chunkSize);
+        if (crc32(buf) === c.crc) kept.push(c);
+        else bad++;
+      }
+    };
+    await Promise.all(Array.from({ length: 8 }, check));
+    const used = new Set<number>();
+    for (const c of kept) {
+      if (this.entries.has(c.index)) continue;
+      const e = this.newEntry(c.index);
+      e.slot = c.slot;
+      e.crc = c.crc;
+      this.cleanLru.set(c.index, e);
+      used.add(c.slot);
+      this.nextSlot = Math.max(this.nextSlot, c.slot + 1);
+    }
+    for (let s = 0; s < this.nextSlot; s++) if (!used.has(s)) this.freeSlots.push(s);
+    await this.slots.truncate(this.nextSlot * this.chunkSize);
+    this.log.info('reusing the cache of the last clean stop', { chunks: used.size, failedCheck: bad, dropped: listed.length - candidates.length });
   }
 
   // ---- reads ----
@@ -451,12 +505,27 @@ export class ChunkCache {
       this.closed = true;
       clearTimeout(this.pumpTimer);
       await Promise.all([...this.entries.values()].map((e) => e.io));
-      await this.journal.close();
-      await this.slots.close();
-      await this.slotsDsync.close();
+      try {
+        // All uploaded: the journal can be empty, and an index lets the next open reuse the slots.
+        if (this.dirtyQueue.size === 0 && this.session && !this.slotError) await this.writeIndex(this.session);
+      } finally {
+        await this.journal.close();
+        await this.slots.close();
+        await this.slotsDsync.close();
+      }
     }
-    // All uploaded: the next open has nothing to replay, and the slot file can go.
-    if (this.dirtyQueue.size === 0) await fsp.truncate(join(this.dir, 'slots'), 0).catch(() => undefined);
+  }
+
+  private async writeIndex(session: string): Promise<void> {
+    const slots: IndexedSlot[] = [];
+    for (const e of this.entries.values()) {
+      if (e.slot >= 0 && e.slot < this.nSlots && !e.dirty && e.crc !== undefined) slots.push({ index: e.index, slot: e.slot, crc: e.crc });
+    }
+    await this.journal.rewrite([]);
+    // The slots on disk must be the bytes the index vouches for.
+    await this.slots.datasync();
+    await writeCacheIndex(this.dir, this.store.volumeId, this.chunkSize, { session, slots });
+    this.log.debug('cache index written', { chunks: slots.length });
   }
 
   // ---- entries and slots ----
@@ -478,6 +547,7 @@ export class ChunkCache {
       lastWrite: 0,
       failures: 0,
       retryAt: 0,
+      crc: undefined,
     };
     this.entries.set(index, e);
     return e;
@@ -503,7 +573,11 @@ export class ChunkCache {
           return;
         }
         let content: Buffer | null = mode === 'zero' ? null : (this.memGet(index) ?? null);
-        if (!content && mode === 'load' && this.store.has(index)) content = await this.download(index);
+        if (!content && mode === 'load' && this.store.has(index)) {
+          const got = await this.download(index);
+          content = got?.plain ?? null;
+          e.crc = got?.crc;
+        }
         if (content) await this.giveSlot(e, content);
         if (content && !this.mem.has(index)) this.memSet(index, content);
         if (!e.dirty) this.cleanLru.set(index, e);
@@ -649,6 +723,7 @@ export class ChunkCache {
 
   private markDirty(e: Entry): void {
     e.gen++;
+    e.crc = undefined;
     e.lastWrite = Date.now();
     if (!e.dirty) {
       e.dirty = true;
@@ -729,7 +804,7 @@ export class ChunkCache {
 
   // ---- uploads and downloads ----
 
-  private async download(index: number): Promise<Buffer | null> {
+  private async download(index: number): Promise<{ plain: Buffer; crc: number } | null> {
     while (this.downloadsInFlight >= this.downloadConcurrency) await new Promise<void>((r) => this.downloadWaiters.push(r));
     this.downloadsInFlight++;
     try {
@@ -794,12 +869,13 @@ export class ChunkCache {
           this.unpin(e);
         }
       }
-      await this.store.put(e.index, plain);
+      const crc = await this.store.put(e.index, plain);
       this.consecutiveFailures = 0;
       this.storeError = undefined;
       e.failures = 0;
       if (e.gen === gen) {
         this.unmarkDirty(e);
+        e.crc = crc;
         if (e.journaledSlot !== undefined) this.journal.clean(e.index, e.journaledSlot);
         if (e.slot < 0) {
           if (this.entries.get(e.index) === e) this.entries.delete(e.index);

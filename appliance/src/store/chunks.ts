@@ -21,6 +21,7 @@ export class ChunkStore {
     readonly codec: Codec,
     readonly chunkSize: number,
     private readonly log: Logger,
+    readonly volumeId: string,
   ) {}
 
   /** Lists the stored chunks (once, at open). */
@@ -39,8 +40,8 @@ export class ChunkStore {
     return this.stored.has(index);
   }
 
-  /** A chunk's plaintext, or null when it is not stored (all zeros). EIO naming the chunk if corrupt. */
-  async get(index: number): Promise<Buffer | null> {
+  /** A chunk's plaintext and its CRC-32, or null when it is not stored (all zeros). EIO naming the chunk if corrupt. */
+  async get(index: number): Promise<{ plain: Buffer; crc: number } | null> {
     if (!this.stored.has(index)) return null;
     const key = chunkKey(index);
     this.downloads++;
@@ -58,22 +59,26 @@ export class ChunkStore {
     }
   }
 
-  /** Stores a chunk's plaintext (or deletes its object when it is all zeros / null). */
-  async put(index: number, plain: Uint8Array | null): Promise<void> {
+  /**
+   * Stores a chunk's plaintext (or deletes its object when it is all zeros / null). Returns the CRC-32
+   * of the plaintext stored (undefined when the object was deleted).
+   */
+  async put(index: number, plain: Uint8Array | null): Promise<number | undefined> {
     this.guard?.();
-    const obj = plain ? await this.codec.encode(index, plain) : null;
+    const { obj, crc } = plain ? await this.codec.encode(index, plain) : { obj: null, crc: undefined };
     this.guard?.();
     const key = chunkKey(index);
     this.uploads++;
     if (obj === null) {
-      if (!this.stored.has(index)) return;
+      if (!this.stored.has(index)) return undefined;
       await this.backend.delete(key);
       this.forget(index);
-      return;
+      return undefined;
     }
     await this.backend.put(key, obj);
     this.storedBytes += obj.length - (this.stored.get(index) ?? 0);
     this.stored.set(index, obj.length);
+    return crc;
   }
 
   private forget(index: number): void {

@@ -6,16 +6,22 @@
  */
 import { createRequire } from 'node:module';
 import { Worker } from 'node:worker_threads';
+import { crc32 } from 'node:zlib';
 import { fileURLToPath } from 'node:url';
 import { BridgeError, type ErrorCode } from '../../../shared/src/errors.js';
 import type { Logger } from '../../../shared/src/logger.js';
 import { ChunkCodec } from './codec.js';
 import type { Keys, VolumeHeader } from './header.js';
 
-/** What ChunkStore needs from a codec: ChunkCodec inline, or CodecPool. */
+/**
+ * What ChunkStore needs from a codec. Each result carries the CRC-32 of the chunk's plaintext
+ * (computed off the main thread): the cache keeps it to verify its slots after a restart.
+ */
 export interface Codec {
-  encode(index: number, plain: Uint8Array): Promise<Buffer | null>;
-  decode(index: number, obj: Buffer, key: string): Promise<Buffer>;
+  /** The object for a chunk (null: all zeros, not stored). */
+  encode(index: number, plain: Uint8Array): Promise<{ obj: Buffer | null; crc: number }>;
+  /** A stored chunk's plaintext; EIO naming the chunk when it fails authentication or decoding. */
+  decode(index: number, obj: Buffer, key: string): Promise<{ plain: Buffer; crc: number }>;
 }
 
 export interface CodecWorkerData {
@@ -27,7 +33,7 @@ export type CodecRequest =
   { id: number; op: 'encode'; index: number; data: Uint8Array } | { id: number; op: 'decode'; index: number; key: string; data: Uint8Array };
 
 export type CodecReply =
-  | { id: number; data: Uint8Array | null; error?: undefined }
+  | { id: number; data: Uint8Array | null; crc: number; error?: undefined }
   | { id: number; data?: undefined; error: { code: ErrorCode; message: string; details: Record<string, unknown> } };
 
 const MIN_POOLED_CHUNK = 32 * 1024;
@@ -53,7 +59,7 @@ function spawnWorker(workerData: CodecWorkerData): Worker {
 export class CodecPool implements Codec {
   private readonly inline: ChunkCodec;
   private readonly workers: Slot[] = [];
-  private readonly pending = new Map<number, { resolve: (b: Buffer | null) => void; reject: (e: Error) => void; slot: Slot }>();
+  private readonly pending = new Map<number, { resolve: (r: { data: Buffer | null; crc: number }) => void; reject: (e: Error) => void; slot: Slot }>();
   private nextId = 1;
   private broken = false;
 
@@ -83,21 +89,29 @@ export class CodecPool implements Codec {
     return this.broken ? 0 : this.workers.length;
   }
 
-  encode(index: number, plain: Uint8Array): Promise<Buffer | null> {
+  async encode(index: number, plain: Uint8Array): Promise<{ obj: Buffer | null; crc: number }> {
     // The caller's buffer may change once we return (it is the cache's live copy): send a copy.
-    return this.run(
+    const r = await this.run(
       index,
       () => ({ op: 'encode', index, data: new Uint8Array(plain) }),
-      () => this.inline.encode(index, plain),
+      async () => {
+        const copy = Buffer.from(plain);
+        return { data: await this.inline.encode(index, copy), crc: crc32(copy) };
+      },
     );
+    return { obj: r.data, crc: r.crc };
   }
 
-  decode(index: number, obj: Buffer, key: string): Promise<Buffer> {
-    return this.run(
+  async decode(index: number, obj: Buffer, key: string): Promise<{ plain: Buffer; crc: number }> {
+    const r = await this.run(
       index,
       () => ({ op: 'decode', index, key, data: obj }),
-      () => this.inline.decode(index, obj, key),
-    ) as Promise<Buffer>;
+      async () => {
+        const plain = await this.inline.decode(index, obj, key);
+        return { data: plain, crc: crc32(plain) };
+      },
+    );
+    return { plain: r.data!, crc: r.crc };
   }
 
   async close(): Promise<void> {
@@ -106,7 +120,11 @@ export class CodecPool implements Codec {
     await Promise.all(ws.map((s) => s.worker.terminate()));
   }
 
-  private run(index: number, request: () => Omit<CodecRequest, 'id'>, inline: () => Promise<Buffer | null>): Promise<Buffer | null> {
+  private run(
+    index: number,
+    request: () => Omit<CodecRequest, 'id'>,
+    inline: () => Promise<{ data: Buffer | null; crc: number }>,
+  ): Promise<{ data: Buffer | null; crc: number }> {
     const slot = this.pick();
     if (!slot) return inline();
     const id = this.nextId++;
@@ -114,7 +132,7 @@ export class CodecPool implements Codec {
     const buf = req.data;
     // Move the input when it owns its memory (a download); else it is copied.
     const movable = buf.byteOffset === 0 && buf.byteLength === buf.buffer.byteLength && req.op === 'decode' ? [buf.buffer as ArrayBuffer] : [];
-    return new Promise<Buffer | null>((resolve, reject) => {
+    return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject, slot });
       slot.busy++;
       if (slot.busy === 1) slot.worker.ref();
@@ -146,7 +164,7 @@ export class CodecPool implements Codec {
     this.pending.delete(r.id);
     this.release(p.slot);
     if (r.error) p.reject(new BridgeError(r.error.code, r.error.message, r.error.details));
-    else p.resolve(r.data ? Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength) : null);
+    else p.resolve({ data: r.data ? Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength) : null, crc: r.crc });
   }
 
   /** A worker that dies fails its requests with EIO; later requests run inline. */

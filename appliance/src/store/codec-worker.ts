@@ -3,6 +3,7 @@
  * hands results back by transfer. The volume key arrives in workerData (memory only, never logged).
  */
 import { parentPort, workerData } from 'node:worker_threads';
+import { crc32 } from 'node:zlib';
 import { isBridgeError, errorMessage } from '../../../shared/src/errors.js';
 import { ChunkCodec } from './codec.js';
 import type { CodecReply, CodecRequest, CodecWorkerData } from './codec-pool.js';
@@ -26,9 +27,12 @@ function send(reply: CodecReply, b: Buffer | null): void {
 
 port.on('message', (req: CodecRequest) => {
   const input = Buffer.from(req.data.buffer, req.data.byteOffset, req.data.byteLength);
-  const run = req.op === 'encode' ? codec.encode(req.index, input) : codec.decode(req.index, input, req.key);
+  const run =
+    req.op === 'encode'
+      ? codec.encode(req.index, input).then((out) => ({ out, crc: crc32(input) }))
+      : codec.decode(req.index, input, req.key).then((out) => ({ out, crc: crc32(out) }));
   run.then(
-    (out) => send({ id: req.id, data: out }, out),
+    ({ out, crc }) => send({ id: req.id, data: out, crc }, out),
     (e: unknown) =>
       port.postMessage({
         id: req.id,

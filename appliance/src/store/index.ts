@@ -25,6 +25,8 @@ import { CodecPool } from './codec-pool.js';
 import { ChunkStoreDevice, type ChunkStoreStats } from './device.js';
 import { checkGrowth, decodeHeader, encodeHeader, newHeader, unlock, type Cipher, type Compression, type VolumeHeader } from './header.js';
 import { Journal } from './journal.js';
+import { takeCacheIndex, type IndexedSlot } from './cache-index.js';
+import { cacheIsCurrent, readCacheSession, readWriter, writeCacheSession, writeWriter } from './session.js';
 import { readLock, StoreLock, type LockInfo } from './lock.js';
 import { RetryingBackend, type RetryOptions } from './retry.js';
 
@@ -165,7 +167,8 @@ export async function openStore(o: OpenStoreOptions): Promise<ChunkStoreDevice> 
     await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
     const opened = await Journal.open(dir, header.volumeId, header.chunkSize);
     journal = opened.journal;
-    const store = new ChunkStore(backend, codec, header.chunkSize, log);
+    const warm = lock ? await startSession(backend, dir, header, lock.info.id, opened.pending.size) : undefined;
+    const store = new ChunkStore(backend, codec, header.chunkSize, log, header.volumeId);
     // No upload or delete once the lease is lost: another writer may own the volume then.
     const held = lock;
     if (held) store.guard = () => held.check();
@@ -183,8 +186,10 @@ export async function openStore(o: OpenStoreOptions): Promise<ChunkStoreDevice> 
         ...(o.downloadConcurrency !== undefined ? { downloadConcurrency: o.downloadConcurrency } : {}),
         ...(o.readAhead !== undefined ? { readAhead: o.readAhead } : {}),
         ...(o.writeDelayMs !== undefined ? { writeDelayMs: o.writeDelayMs } : {}),
+        ...(lock ? { session: lock.info.id } : {}),
       },
       log,
+      warm,
     );
     log.info('volume opened', { location: backend.location, volumeId: header.volumeId, size: header.size, cacheDir: dir, readOnly });
     const pool = codec;
@@ -231,6 +236,32 @@ export async function resizeStore(o: StoreLocationOptions & { passphrase?: strin
   } finally {
     await backend.close();
   }
+}
+
+/**
+ * Starts writer session `session` in cache `dir` (session.ts): refuses a journal that an older
+ * session left when another session wrote the volume since (replaying it would overwrite newer
+ * data), takes the cache index of the last clean stop when no one wrote since, then records the
+ * new session in the cache directory and in the store.
+ */
+async function startSession(backend: ObjectBackend, dir: string, header: VolumeHeader, session: string, pending: number): Promise<IndexedSlot[] | undefined> {
+  const writer = await readWriter(backend);
+  const mine = await readCacheSession(dir);
+  const current = cacheIsCurrent(mine, writer);
+  if (pending && mine.session && !current) {
+    throw new BridgeError(
+      'EBUSY',
+      `the cache journal in ${dir} holds ${pending} chunks acknowledged by writer session ${mine.session}, but session ${writer!.session} ` +
+        `(pid ${writer!.pid} on ${writer!.host}, ${writer!.since}) wrote the volume since: replaying them would overwrite newer data. ` +
+        `Nothing was changed. To discard them, move ${join(dir, 'journal')} away and mount again.`,
+    );
+  }
+  const index = await takeCacheIndex(dir, header.volumeId, header.chunkSize);
+  const warm = index && current && writer?.session === index.session ? index.slots : undefined;
+  await writeCacheSession(dir, { ...(mine.session ? { session: mine.session } : {}), next: session });
+  await writeWriter(backend, session);
+  await writeCacheSession(dir, { session });
+  return warm;
 }
 
 export interface StoreInfo {
