@@ -33,8 +33,8 @@ export type CodecRequest =
   { id: number; op: 'encode'; index: number; data: Uint8Array } | { id: number; op: 'decode'; index: number; key: string; data: Uint8Array };
 
 export type CodecReply =
-  | { id: number; data: Uint8Array | null; crc: number; error?: undefined }
-  | { id: number; data?: undefined; error: { code: ErrorCode; message: string; details: Record<string, unknown> } };
+  | { id: number; data: Uint8Array | null; crc: number; spare?: Uint8Array; error?: undefined }
+  | { id: number; data?: undefined; spare?: undefined; error: { code: ErrorCode; message: string; details: Record<string, unknown> } };
 
 const MIN_POOLED_CHUNK = 32 * 1024;
 
@@ -62,6 +62,8 @@ export class CodecPool implements Codec {
   private readonly pending = new Map<number, { resolve: (r: { data: Buffer | null; crc: number }) => void; reject: (e: Error) => void; slot: Slot }>();
   private nextId = 1;
   private broken = false;
+  /** Encode inputs the workers handed back, reused for the next copies. */
+  private readonly spares: Buffer[] = [];
 
   constructor(
     header: VolumeHeader,
@@ -93,7 +95,7 @@ export class CodecPool implements Codec {
     // The caller's buffer may change once we return (it is the cache's live copy): send a copy.
     const r = await this.run(
       index,
-      () => ({ op: 'encode', index, data: new Uint8Array(plain) }),
+      () => ({ op: 'encode', index, data: this.copyOf(plain) }),
       async () => {
         const copy = Buffer.from(plain);
         return { data: await this.inline.encode(index, copy), crc: crc32(copy) };
@@ -158,7 +160,16 @@ export class CodecPool implements Codec {
     if (slot.busy === 0) slot.worker.unref();
   }
 
+  /** A copy that owns its memory (transferable), not zero-filled, from the spares when one fits. */
+  private copyOf(b: Uint8Array): Buffer {
+    let c = this.spares.pop();
+    if (!c || c.byteLength !== b.byteLength) c = Buffer.allocUnsafeSlow(b.byteLength);
+    c.set(b);
+    return c;
+  }
+
   private settle(r: CodecReply): void {
+    if (r.spare && this.spares.length < 32) this.spares.push(Buffer.from(r.spare.buffer, r.spare.byteOffset, r.spare.byteLength));
     const p = this.pending.get(r.id);
     if (!p) return;
     this.pending.delete(r.id);

@@ -12,27 +12,39 @@ const data = workerData as CodecWorkerData;
 const codec = new ChunkCodec(data.header, data.key ? { data: Buffer.from(data.key) } : undefined);
 const port = parentPort!;
 
-/** Transfers `b`'s memory when it owns all of it; otherwise the reply copies it. */
-function send(reply: CodecReply, b: Buffer | null): void {
-  if (b && b.byteOffset === 0 && b.byteLength === b.buffer.byteLength) {
+const owns = (b: Uint8Array): boolean => b.byteOffset === 0 && b.byteLength === b.buffer.byteLength;
+
+/**
+ * Transfers the result's memory when it owns all of it (otherwise the reply copies it), and hands
+ * an encode's input back for the main thread to reuse (fewer chunk-sized allocations to collect).
+ */
+function send(reply: CodecReply, b: Buffer | null, spare: Buffer | undefined): void {
+  const move: ArrayBuffer[] = [];
+  if (spare && owns(spare) && spare.buffer !== b?.buffer) {
+    reply.spare = spare;
+    move.push(spare.buffer as ArrayBuffer);
+  }
+  if (b && owns(b)) {
     try {
-      port.postMessage(reply, [b.buffer as ArrayBuffer]);
+      port.postMessage(reply, [...move, b.buffer as ArrayBuffer]);
       return;
     } catch {
       // Memory that cannot move (a native library's buffer): copied below.
     }
   }
-  port.postMessage(reply);
+  port.postMessage(reply, move);
 }
 
 port.on('message', (req: CodecRequest) => {
   const input = Buffer.from(req.data.buffer, req.data.byteOffset, req.data.byteLength);
-  const run =
+  // In a promise chain, so that nothing a request does can throw out of the handler and end the worker.
+  const run = Promise.resolve().then(() =>
     req.op === 'encode'
       ? codec.encode(req.index, input).then((out) => ({ out, crc: crc32(input) }))
-      : codec.decode(req.index, input, req.key).then((out) => ({ out, crc: crc32(out) }));
+      : codec.decode(req.index, input, req.key).then((out) => ({ out, crc: crc32(out) })),
+  );
   run.then(
-    ({ out, crc }) => send({ id: req.id, data: out, crc }, out),
+    ({ out, crc }) => send({ id: req.id, data: out, crc }, out, req.op === 'encode' ? input : undefined),
     (e: unknown) =>
       port.postMessage({
         id: req.id,
