@@ -27,7 +27,7 @@ const REPO = resolve(import.meta.dirname, '../..');
  * to a directory are fsync-bound, and Node 20 starts the pool (4 threads) while it loads an ES module
  * entry, before any code of ours could raise it. Override by setting UV_THREADPOOL_SIZE.
  */
-const MOUNT_ENV = { ...process.env, UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? '32' };
+const mountEnv = (): NodeJS.ProcessEnv => ({ ...process.env, UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? '32' });
 const MiB = 1024 * 1024;
 
 interface Figures {
@@ -159,7 +159,7 @@ async function ours(work: string, size: number, data: Buffer): Promise<Figures> 
         'warn',
         mnt,
       ],
-      { cwd: REPO, stdio: ['ignore', 'pipe', 'inherit'], env: MOUNT_ENV },
+      { cwd: REPO, stdio: ['ignore', 'pipe', 'inherit'], env: mountEnv() },
     );
     await new Promise<void>((res, rej) => {
       child.stdout!.once('data', () => res());
@@ -260,7 +260,7 @@ async function coldReads(work: string, size: number, backend: 'dir' | 's3rver', 
     const mnt = join(work, 'cold-mnt');
     const mountIt = async (cache: string): Promise<ChildProcess> => {
       const args = [...base, 'mount', ...location, '--passphrase-file', pass, '--cache-dir', join(work, cache), '--cache-size', String(size + 256 * MiB)];
-      const child = spawn(process.execPath, [...args, '--log-level', 'warn', mnt], { cwd: REPO, stdio: ['ignore', 'pipe', 'inherit'], env: MOUNT_ENV });
+      const child = spawn(process.execPath, [...args, '--log-level', 'warn', mnt], { cwd: REPO, stdio: ['ignore', 'pipe', 'inherit'], env: mountEnv() });
       await new Promise<void>((res, rej) => {
         child.stdout!.once('data', () => res());
         child.once('exit', (c) => rej(new Error(`store mount exited with ${c}`)));

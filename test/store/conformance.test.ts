@@ -81,3 +81,29 @@ describe('writer lock on S3 (s3rver)', () => {
     }
   });
 });
+
+describe('S3 listing (s3rver)', () => {
+  it('lists more than one page of chunks (1100 objects) at open', async () => {
+    const store = 's3://conformance/many';
+    const cacheDir = tempDir('store-many');
+    try {
+      await createStore({ store, endpoint: s3.endpoint, size: 8 * 1024 * 1024, chunkSize: 4096, cipher: 'none', compression: 'none' });
+      let dev = await openStore({ store, endpoint: s3.endpoint, cacheDir, cacheSize: 16 * 1024 * 1024, codecThreads: 0 });
+      const chunk = Buffer.alloc(4096);
+      for (let i = 0; i < 1100; i++) {
+        chunk.writeUInt32LE(i + 1, 0);
+        await dev.write(chunk, i * 4096);
+      }
+      await dev.close();
+      dev = await openStore({ store, endpoint: s3.endpoint, cacheDir: cacheDir + '-cold', cacheSize: 16 * 1024 * 1024, codecThreads: 0 });
+      expect(dev.stats().storedObjects).toBe(1100);
+      const got = Buffer.alloc(4096);
+      await dev.read(got, 1099 * 4096);
+      expect(got.readUInt32LE(0)).toBe(1100);
+      await dev.close();
+    } finally {
+      rmSync(cacheDir, { recursive: true, force: true });
+      rmSync(cacheDir + '-cold', { recursive: true, force: true });
+    }
+  });
+});

@@ -7,7 +7,7 @@
 import {
   DeleteObjectCommand,
   GetObjectCommand,
-  ListObjectsV2Command,
+  ListObjectsCommand,
   NoSuchKey,
   PutObjectCommand,
   S3Client,
@@ -128,18 +128,26 @@ export class S3Backend implements ObjectBackend {
     }
   }
 
+  /**
+   * ListObjects (version 1) paged by Marker = the last key seen (keys come sorted). Version 2 would
+   * be the same listing on AWS, but s3rver 3.7 builds v2 continuation tokens with DES, which
+   * OpenSSL 3 (Node 18+) no longer provides: every truncated v2 listing (> 1000 keys) is HTTP 500 there.
+   */
   async *list(prefix: string): AsyncIterable<ObjectInfo> {
-    let token: string | undefined;
-    do {
+    let marker: string | undefined;
+    for (;;) {
       let res;
       try {
-        res = await this.client.send(new ListObjectsV2Command({ Bucket: this.o.bucket, Prefix: this.o.prefix + prefix, ContinuationToken: token }));
+        res = await this.client.send(new ListObjectsCommand({ Bucket: this.o.bucket, Prefix: this.o.prefix + prefix, Marker: marker }));
       } catch (e) {
         throw wrap(`LIST ${prefix}`, e);
       }
-      for (const o of res.Contents ?? []) if (o.Key) yield { key: o.Key.slice(this.o.prefix.length), size: o.Size ?? 0 };
-      token = res.IsTruncated ? res.NextContinuationToken : undefined;
-    } while (token);
+      const objects = res.Contents ?? [];
+      for (const o of objects) if (o.Key) yield { key: o.Key.slice(this.o.prefix.length), size: o.Size ?? 0 };
+      const last = objects[objects.length - 1]?.Key;
+      if (!res.IsTruncated || !last) return;
+      marker = last;
+    }
   }
 
   async close(): Promise<void> {
