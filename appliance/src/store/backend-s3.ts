@@ -49,6 +49,10 @@ export class S3Backend implements ObjectBackend {
       forcePathStyle: o.forcePathStyle ?? o.endpoint !== undefined,
       // Our retry layer (retry.ts) owns backoff; one SDK retry covers a stale keep-alive socket.
       maxAttempts: 2,
+      // Every chunk object carries its own GCM tag (or CRC-32): the SDK's extra checksums (CRC32 in
+      // JavaScript over every body, on both directions) would only cost CPU.
+      requestChecksumCalculation: 'WHEN_REQUIRED',
+      responseChecksumValidation: 'WHEN_REQUIRED',
     };
     if (o.endpoint) config.endpoint = o.endpoint;
     if (o.credentials) config.credentials = o.credentials;
