@@ -241,6 +241,62 @@ describe('chunk store', () => {
     }
   });
 
+  it('detects a chunk rolled back to an older version of itself, and a rolled-back manifest', async () => {
+    const store = await fresh();
+    const root = store.slice(4);
+    const rng = new Rng(31);
+    const v1 = rng.bytes(2 * CHUNK);
+    let d = await openDev(store);
+    await d.write(v1, 0);
+    await d.close();
+    const old0 = await fsp.readFile(join(root, chunkKey(0)));
+    const oldManifest = await fsp.readFile(join(root, 'manifest'));
+    const v2 = rng.bytes(CHUNK);
+    d = await openDev(store);
+    await d.write(v2, 0);
+    await d.close();
+    // The store owner puts chunk 0's older (validly encrypted) object back.
+    await fsp.writeFile(join(root, chunkKey(0)), old0);
+    d = await openDev(store, { cacheDir: join(dir, 'cache-cold') });
+    expect(await errorOf(readBack(d, 0, 10))).toMatchObject({
+      code: 'EIO',
+      message: expect.stringMatching(/chunk 0 .* rolled back: .*generation \d+, older than \d+/),
+    });
+    expect((await readBack(d, CHUNK, CHUNK)).equals(v1.subarray(CHUNK))).toBe(true);
+    await d.close();
+    const report = await fsckStore({ store, passphrase: pass });
+    expect(report.bad).toMatchObject([{ chunk: 0, error: expect.stringMatching(/rolled back/) }]);
+    // The whole volume put back to the earlier state (manifest and chunk): a cache that saw the newer one refuses it.
+    await fsp.writeFile(join(root, 'manifest'), oldManifest);
+    expect(await errorOf(openStore({ store, passphrase: pass, cacheDir: join(dir, 'cache'), cacheSize: 8 * MiB }))).toMatchObject({
+      code: 'EIO',
+      message: expect.stringMatching(/manifest .* is version \d+, older than version \d+ .* rolled back/),
+    });
+    // A changed manifest fails authentication.
+    const forged = Buffer.from(oldManifest);
+    forged[forged.length - 40] = forged[forged.length - 40]! ^ 1;
+    await fsp.writeFile(join(root, 'manifest'), forged);
+    expect(await errorOf(openStore({ store, passphrase: pass, cacheDir: join(dir, 'cache-x'), cacheSize: 8 * MiB }))).toMatchObject({
+      code: 'EIO',
+      message: expect.stringMatching(/manifest .* failed authentication/),
+    });
+  });
+
+  it('still opens volumes of format 1 (no generations, no manifest)', async () => {
+    const store = await fresh();
+    const root = store.slice(4);
+    const h = JSON.parse(await fsp.readFile(join(root, 'header.json'), 'utf8')) as { version: number };
+    await fsp.writeFile(join(root, 'header.json'), JSON.stringify({ ...h, version: 1 }));
+    const data = new Rng(32).bytes(3 * CHUNK);
+    let d = await openDev(store);
+    await d.write(data, 0);
+    await d.close();
+    expect(storeFiles(store).some((f) => f.endsWith('/manifest'))).toBe(false);
+    expect((await fsp.readFile(join(root, chunkKey(1))))[0]).toBe(1);
+    d = await openDev(store, { cacheDir: join(dir, 'cache-cold') });
+    expect((await readBack(d, 0, data.length)).equals(data)).toBe(true);
+  });
+
   it('loses nothing under injected store errors and delays', async () => {
     const store = await fresh({ size: 48 * MiB });
     let faulty: FaultyBackend | undefined;

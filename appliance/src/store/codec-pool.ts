@@ -18,10 +18,10 @@ import type { Keys, VolumeHeader } from './header.js';
  * (computed off the main thread): the cache keeps it to verify its slots after a restart.
  */
 export interface Codec {
-  /** The object for a chunk (null: all zeros, not stored). */
-  encode(index: number, plain: Uint8Array): Promise<{ obj: Buffer | null; crc: number }>;
-  /** A stored chunk's plaintext; EIO naming the chunk when it fails authentication or decoding. */
-  decode(index: number, obj: Buffer, key: string): Promise<{ plain: Buffer; crc: number }>;
+  /** The object for a chunk at write generation `gen` (null: all zeros, not stored). */
+  encode(index: number, plain: Uint8Array, gen: number): Promise<{ obj: Buffer | null; crc: number }>;
+  /** A stored chunk's plaintext and generation; EIO naming the chunk when it fails authentication or decoding. */
+  decode(index: number, obj: Buffer, key: string): Promise<{ plain: Buffer; crc: number; gen: number }>;
 }
 
 export interface CodecWorkerData {
@@ -30,10 +30,10 @@ export interface CodecWorkerData {
 }
 
 export type CodecRequest =
-  { id: number; op: 'encode'; index: number; data: Uint8Array } | { id: number; op: 'decode'; index: number; key: string; data: Uint8Array };
+  { id: number; op: 'encode'; index: number; gen: number; data: Uint8Array } | { id: number; op: 'decode'; index: number; key: string; data: Uint8Array };
 
 export type CodecReply =
-  | { id: number; data: Uint8Array | null; crc: number; spare?: Uint8Array; error?: undefined }
+  | { id: number; data: Uint8Array | null; crc: number; gen: number; spare?: Uint8Array; error?: undefined }
   | { id: number; data?: undefined; spare?: undefined; error: { code: ErrorCode; message: string; details: Record<string, unknown> } };
 
 const MIN_POOLED_CHUNK = 32 * 1024;
@@ -59,7 +59,10 @@ function spawnWorker(workerData: CodecWorkerData): Worker {
 export class CodecPool implements Codec {
   private readonly inline: ChunkCodec;
   private readonly workers: Slot[] = [];
-  private readonly pending = new Map<number, { resolve: (r: { data: Buffer | null; crc: number }) => void; reject: (e: Error) => void; slot: Slot }>();
+  private readonly pending = new Map<
+    number,
+    { resolve: (r: { data: Buffer | null; crc: number; gen: number }) => void; reject: (e: Error) => void; slot: Slot }
+  >();
   private nextId = 1;
   private broken = false;
   /** Encode inputs the workers handed back, reused for the next copies. */
@@ -91,29 +94,29 @@ export class CodecPool implements Codec {
     return this.broken ? 0 : this.workers.length;
   }
 
-  async encode(index: number, plain: Uint8Array): Promise<{ obj: Buffer | null; crc: number }> {
+  async encode(index: number, plain: Uint8Array, gen: number): Promise<{ obj: Buffer | null; crc: number }> {
     // The caller's buffer may change once we return (it is the cache's live copy): send a copy.
     const r = await this.run(
       index,
-      () => ({ op: 'encode', index, data: this.copyOf(plain) }),
+      () => ({ op: 'encode', index, gen, data: this.copyOf(plain) }),
       async () => {
         const copy = Buffer.from(plain);
-        return { data: await this.inline.encode(index, copy), crc: crc32(copy) };
+        return { data: await this.inline.encode(index, copy, gen), crc: crc32(copy), gen };
       },
     );
     return { obj: r.data, crc: r.crc };
   }
 
-  async decode(index: number, obj: Buffer, key: string): Promise<{ plain: Buffer; crc: number }> {
+  async decode(index: number, obj: Buffer, key: string): Promise<{ plain: Buffer; crc: number; gen: number }> {
     const r = await this.run(
       index,
       () => ({ op: 'decode', index, key, data: obj }),
       async () => {
-        const plain = await this.inline.decode(index, obj, key);
-        return { data: plain, crc: crc32(plain) };
+        const d = await this.inline.decode(index, obj, key);
+        return { data: d.plain, crc: crc32(d.plain), gen: d.gen };
       },
     );
-    return { plain: r.data!, crc: r.crc };
+    return { plain: r.data!, crc: r.crc, gen: r.gen };
   }
 
   async close(): Promise<void> {
@@ -125,8 +128,8 @@ export class CodecPool implements Codec {
   private run(
     index: number,
     request: () => Omit<CodecRequest, 'id'>,
-    inline: () => Promise<{ data: Buffer | null; crc: number }>,
-  ): Promise<{ data: Buffer | null; crc: number }> {
+    inline: () => Promise<{ data: Buffer | null; crc: number; gen: number }>,
+  ): Promise<{ data: Buffer | null; crc: number; gen: number }> {
     const slot = this.pick();
     if (!slot) return inline();
     const id = this.nextId++;
@@ -175,7 +178,7 @@ export class CodecPool implements Codec {
     this.pending.delete(r.id);
     this.release(p.slot);
     if (r.error) p.reject(new BridgeError(r.error.code, r.error.message, r.error.details));
-    else p.resolve({ data: r.data ? Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength) : null, crc: r.crc });
+    else p.resolve({ data: r.data ? Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength) : null, crc: r.crc, gen: r.gen });
   }
 
   /** A worker that dies fails its requests with EIO; later requests run inline. */

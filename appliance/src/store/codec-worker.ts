@@ -40,11 +40,11 @@ port.on('message', (req: CodecRequest) => {
   // In a promise chain, so that nothing a request does can throw out of the handler and end the worker.
   const run = Promise.resolve().then(() =>
     req.op === 'encode'
-      ? codec.encode(req.index, input).then((out) => ({ out, crc: crc32(input) }))
-      : codec.decode(req.index, input, req.key).then((out) => ({ out, crc: crc32(out) })),
+      ? codec.encode(req.index, input, req.gen).then((out) => ({ out, crc: crc32(input), gen: req.gen }))
+      : codec.decode(req.index, input, req.key).then((d) => ({ out: d.plain, crc: crc32(d.plain), gen: d.gen })),
   );
   run.then(
-    ({ out, crc }) => send({ id: req.id, data: out, crc }, out, req.op === 'encode' ? input : undefined),
+    ({ out, crc, gen }) => send({ id: req.id, data: out, crc, gen }, out, req.op === 'encode' ? input : undefined),
     (e: unknown) =>
       port.postMessage({
         id: req.id,

@@ -39,7 +39,12 @@ export class ChunkStoreDevice implements BlockDevice {
     private readonly lock: StoreLock | undefined,
     readOnly: boolean,
     private readonly log: Logger,
-    private readonly afterClose?: () => Promise<void>,
+    private readonly hooks: {
+      /** After everything was uploaded, before the lock is released (manifest checkpoint). */
+      beforeRelease?: () => Promise<void>;
+      /** Always, last. */
+      afterClose?: () => Promise<void>;
+    } = {},
   ) {
     this.blockSize = Math.min(header.chunkSize, 128 * 1024);
     this.capabilities = { writable: !readOnly, trim: !readOnly, persistent: true, resizable: !readOnly };
@@ -151,11 +156,12 @@ export class ChunkStoreDevice implements BlockDevice {
     if (!this.life.close()) return;
     try {
       await this.cache.close();
+      await this.hooks.beforeRelease?.();
       await this.lock?.release();
     } finally {
       this.lock?.stop();
       await this.backend.close();
-      await this.afterClose?.();
+      await this.hooks.afterClose?.();
     }
   }
 

@@ -20,13 +20,14 @@ import { logger, type Logger } from '../../../shared/src/logger.js';
 import { CHUNK_PREFIX, chunkIndexOf, HEADER_KEY, parseStoreLocation, type ObjectBackend } from './backend.js';
 import { DirBackend } from './backend-dir.js';
 import { ChunkCache } from './cache.js';
-import { ChunkStore } from './chunks.js';
+import { ChunkStore, rolledBack } from './chunks.js';
 import { CodecPool } from './codec-pool.js';
 import { ChunkStoreDevice, type ChunkStoreStats } from './device.js';
 import { checkGrowth, decodeHeader, encodeHeader, newHeader, unlock, type Cipher, type Compression, type VolumeHeader } from './header.js';
 import { Journal } from './journal.js';
 import { takeCacheIndex, type IndexedSlot } from './cache-index.js';
 import { cacheIsCurrent, readCacheSession, readWriter, writeCacheSession, writeWriter } from './session.js';
+import { Manifest, startCheckpoints } from './manifest.js';
 import { readLock, StoreLock, type LockInfo } from './lock.js';
 import { RetryingBackend, type RetryOptions } from './retry.js';
 
@@ -156,6 +157,7 @@ export async function openStore(o: OpenStoreOptions): Promise<ChunkStoreDevice> 
     // Before anything changes: a wrong passphrase stops here.
     const keys = await unlock(header, o.passphrase);
     codec = new CodecPool(header, keys, o.codecThreads ?? defaultCodecThreads(), log);
+    const manifest = header.version >= 2 && keys ? await Manifest.load(backend, header, keys.manifest) : undefined;
     if (!readOnly) {
       lock = await StoreLock.acquire(backend, { log, ...(o.breakLock ? { breakLock: true } : {}), ...(o.leaseMs ? { leaseMs: o.leaseMs } : {}) });
       // Renewed from here on, also while the journal is replayed.
@@ -167,11 +169,14 @@ export async function openStore(o: OpenStoreOptions): Promise<ChunkStoreDevice> 
     await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
     const opened = await Journal.open(dir, header.volumeId, header.chunkSize);
     journal = opened.journal;
-    const warm = lock ? await startSession(backend, dir, header, lock.info.id, opened.pending.size) : undefined;
     const store = new ChunkStore(backend, codec, header.chunkSize, log, header.volumeId);
+    store.manifest = manifest;
+    const warm = lock ? await startSession(backend, dir, header, lock.info.id, opened.pending.size, store) : undefined;
     // No upload or delete once the lease is lost: another writer may own the volume then.
     const held = lock;
     if (held) store.guard = () => held.check();
+    if (held && manifest) manifest.guard = store.guard;
+    const stopCheckpoints = manifest && lock ? startCheckpoints(manifest, log) : undefined;
     await store.scan();
     const cacheSize = o.cacheSize ?? DEFAULT_CACHE_SIZE;
     const cache = await ChunkCache.open(
@@ -193,11 +198,20 @@ export async function openStore(o: OpenStoreOptions): Promise<ChunkStoreDevice> 
     );
     log.info('volume opened', { location: backend.location, volumeId: header.volumeId, size: header.size, cacheDir: dir, readOnly });
     const pool = codec;
-    const afterClose = async (): Promise<void> => {
-      await pool.close();
-      if (readOnly) await fsp.rm(dir, { recursive: true, force: true });
-    };
-    return new ChunkStoreDevice(header, backend, store, cache, lock, readOnly, log, afterClose);
+    const session = lock?.info.id;
+    return new ChunkStoreDevice(header, backend, store, cache, lock, readOnly, log, {
+      beforeRelease: async () => {
+        stopCheckpoints?.();
+        if (!manifest || !session) return;
+        await manifest.checkpoint();
+        await writeCacheSession(dir, { session, manifest: manifest.version });
+      },
+      afterClose: async () => {
+        stopCheckpoints?.();
+        await pool.close();
+        if (readOnly) await fsp.rm(dir, { recursive: true, force: true });
+      },
+    });
   } catch (e) {
     await codec?.close();
     await journal?.close().catch(() => undefined);
@@ -244,9 +258,24 @@ export async function resizeStore(o: StoreLocationOptions & { passphrase?: strin
  * data), takes the cache index of the last clean stop when no one wrote since, then records the
  * new session in the cache directory and in the store.
  */
-async function startSession(backend: ObjectBackend, dir: string, header: VolumeHeader, session: string, pending: number): Promise<IndexedSlot[] | undefined> {
+async function startSession(
+  backend: ObjectBackend,
+  dir: string,
+  header: VolumeHeader,
+  session: string,
+  pending: number,
+  store: ChunkStore,
+): Promise<IndexedSlot[] | undefined> {
   const writer = await readWriter(backend);
   const mine = await readCacheSession(dir);
+  const manifest = store.manifest;
+  if (manifest && mine.manifest !== undefined && manifest.version < mine.manifest) {
+    throw new BridgeError(
+      'EIO',
+      `the manifest of volume ${header.volumeId} at ${backend.location} is version ${manifest.version}, older than version ${mine.manifest} ` +
+        `that the cache in ${dir} saw: the volume was rolled back to an earlier state. Nothing was changed.`,
+    );
+  }
   const current = cacheIsCurrent(mine, writer);
   if (pending && mine.session && !current) {
     throw new BridgeError(
@@ -258,9 +287,12 @@ async function startSession(backend: ObjectBackend, dir: string, header: VolumeH
   }
   const index = await takeCacheIndex(dir, header.volumeId, header.chunkSize);
   const warm = index && current && writer?.session === index.session ? index.slots : undefined;
-  await writeCacheSession(dir, { ...(mine.session ? { session: mine.session } : {}), next: session });
+  // Generations for this session, reserved (durably) before anything is uploaded.
+  if (manifest) store.useGenerations(await manifest.reserve(), () => manifest.reserve());
+  const seen = manifest ? { manifest: manifest.version } : {};
+  await writeCacheSession(dir, { ...(mine.session ? { session: mine.session } : {}), next: session, ...seen });
   await writeWriter(backend, session);
-  await writeCacheSession(dir, { session });
+  await writeCacheSession(dir, { session, ...seen });
   return warm;
 }
 
@@ -296,7 +328,9 @@ export async function fsckStore(o: StoreLocationOptions & { passphrase?: string;
   const backend = await openBackend(o);
   try {
     const header = await readHeader(backend);
-    const codec = new CodecPool(header, await unlock(header, o.passphrase), defaultCodecThreads(), log);
+    const secrets = await unlock(header, o.passphrase);
+    const codec = new CodecPool(header, secrets, defaultCodecThreads(), log);
+    const manifest = header.version >= 2 && secrets ? await Manifest.load(backend, header, secrets.manifest) : undefined;
     const report: FsckReport = { location: backend.location, volumeId: header.volumeId, checked: 0, storedBytes: 0, bad: [], stray: [] };
     const keys: { key: string; index: number }[] = [];
     const chunks = Math.ceil(header.size / header.chunkSize);
@@ -315,7 +349,9 @@ export async function fsckStore(o: StoreLocationOptions & { passphrase?: string;
         try {
           const obj = await backend.get(key);
           if (!obj) continue;
-          await codec.decode(index, obj, key);
+          const { gen } = await codec.decode(index, obj, key);
+          const want = manifest?.expected(index) ?? 0;
+          if (gen < want) throw rolledBack(index, key, gen, want);
         } catch (e) {
           log.error('bad chunk', { chunk: index, key, error: errorMessage(e) });
           report.bad.push({ chunk: index, key, error: errorMessage(e) });

@@ -29,6 +29,8 @@ export interface WriterRecord {
 export interface CacheSession {
   session?: string;
   next?: string;
+  /** The newest manifest version this cache saw (manifest.ts): an older one means a rollback. */
+  manifest?: number;
 }
 
 export async function readWriter(backend: ObjectBackend): Promise<WriterRecord | undefined> {
