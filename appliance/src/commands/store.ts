@@ -39,9 +39,8 @@ interface PassFlags {
 
 const PASS_ENV = 'BRIDGE_STORE_PASSPHRASE';
 
-// Uploads to a directory store are fsync-bound and zstd runs in libuv's pool: 4 threads starve them.
-// Effective only when nothing has used the pool yet (the compiled CLI); the service sets it too.
-process.env.UV_THREADPOOL_SIZE ??= '32';
+// libuv's pool size (UV_THREADPOOL_SIZE, 32 recommended: directory uploads are fsync-bound) must come
+// from the environment: Node 20 starts the pool while it loads this ES module, before code here runs.
 
 function location(o: LocationFlags): StoreLocationOptions {
   return { store: o.store, ...(o.endpoint ? { endpoint: o.endpoint } : {}), ...(o.region ? { region: o.region } : {}) };
