@@ -12,10 +12,14 @@
  *   DIRTY --upload ok, no write meanwhile--> CLEAN
  *   CLEAN --slot needed elsewhere--> (none)   [after the journal's clean record is durable]
  *
+ * Writes are acknowledged once staged: copied into the chunk's memory copy and queued as a slot
+ * write (per chunk, in order: Entry.io); flush() waits for them and makes the slots durable.
+ *
  * Disk usage never exceeds the limit: the slot file has at most `nSlots` chunks, the journal is
  * compacted before it outgrows its reserve. Writers wait (back-pressure) when `maxDirty` chunks are
- * dirty or every slot is dirty or busy. A failing store keeps dirty data and makes waiting writers
- * fail with EIO rather than hang.
+ * dirty, every slot is dirty or busy, or the staged bytes reach their limit. A failing store keeps
+ * dirty data and makes waiting writers fail with EIO rather than hang. A clean close leaves an index
+ * of its slots (cache-index.ts) that the next open may reuse.
  */
 import { promises as fsp, constants as fsc, read, write } from 'node:fs';
 import { join } from 'node:path';
@@ -150,7 +154,8 @@ export class ChunkCache {
 
   /**
    * Opens the cache in `dir`: replays the journal (uploads every chunk a flush acknowledged but no
-   * upload finished), then starts empty. Fails, changing nothing, when the store cannot take them.
+   * upload finished), then reuses the `warm` slots of the last clean stop (when nothing was pending)
+   * or starts empty. Fails, changing nothing, when the store cannot take the replayed chunks.
    */
   static async open(
     store: ChunkStore,
@@ -263,6 +268,8 @@ export class ChunkCache {
           await e.io;
           continue;
         }
+        // After a failed slot write a slot may hold old bytes: never serve them.
+        if (this.slotError) throw this.slotError;
         this.counters.diskHits++;
         e.pins++;
         try {
@@ -311,7 +318,6 @@ export class ChunkCache {
 
   // ---- writes ----
 
-  /** Writes `data` at byte `off` of chunk `index`. */
   /**
    * Writes `data` at byte `off` of chunk `index`. Returns once the bytes are in memory (the chunk's
    * copy and a staged slot write); flush() waits for staged slot writes before it syncs the file.
@@ -862,6 +868,8 @@ export class ChunkCache {
           const m = this.mem.get(e.index);
           if (m) plain = m;
           else {
+            // A slot that missed a write must not be uploaded as the chunk (it would be marked clean).
+            if (this.slotError) throw this.slotError;
             plain = Buffer.allocUnsafe(this.chunkSize);
             await readFully(this.slots, plain, e.slot * this.chunkSize);
           }
