@@ -230,4 +230,32 @@ describe('store CLI', () => {
     }
     await stop(again, 'SIGTERM');
   });
+
+  it('grows a volume with store resize, refuses to shrink it or to resize it while mounted', async () => {
+    const before = JSON.parse(cli(['store', 'info', '--store', store, '--json']).stdout) as { header: { size: number } };
+    const shrink = cli(['store', 'resize', '--store', store, '--size', '128M', '--passphrase-file', passFile]);
+    expect(shrink.code).toBe(1);
+    expect(shrink.stderr).toMatch(/refusing to shrink volume .*only growing is supported/);
+    const wrong = cli(['store', 'resize', '--store', store, '--size', '512M'], { BRIDGE_STORE_PASSPHRASE: 'nope' });
+    expect(wrong.stderr).toMatch(/wrong passphrase/);
+    const m = await mount(join(dir, 'mnt'), join(dir, 'cache-resize'));
+    const busy = cli(['store', 'resize', '--store', store, '--size', '512M', '--passphrase-file', passFile]);
+    expect(busy.code).toBe(1);
+    expect(busy.stderr).toMatch(/locked by pid \d+/);
+    const head = await pread(m.file, 0, 64 * 1024);
+    await stop(m, 'SIGTERM');
+    expect(JSON.parse(cli(['store', 'info', '--store', store, '--json']).stdout)).toMatchObject({ header: { size: before.header.size } });
+
+    const grown = cli(['store', 'resize', '--store', store, '--size', '512M', '--passphrase-file', passFile, '--json']);
+    expect(grown.code, grown.stderr).toBe(0);
+    expect(JSON.parse(grown.stdout)).toMatchObject({ size: 512 * MiB });
+    const again = await mount(join(dir, 'mnt'), join(dir, 'cache-resize'));
+    expect((await fsp.stat(again.file)).size).toBe(512 * MiB);
+    expect((await pread(again.file, 0, 64 * 1024)).equals(head)).toBe(true);
+    // The new space reads as zeros and takes writes.
+    expect((await pread(again.file, 512 * MiB - 4096, 4096)).every((b) => b === 0)).toBe(true);
+    await pwrite(again.file, [{ off: 512 * MiB - 4096, data: Buffer.alloc(4096, 7) }], true);
+    expect((await pread(again.file, 512 * MiB - 4096, 4096)).equals(Buffer.alloc(4096, 7))).toBe(true);
+    await stop(again, 'SIGTERM');
+  });
 });

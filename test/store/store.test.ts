@@ -8,7 +8,15 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { isBridgeError } from '../../shared/src/errors.js';
 import { chunkKey, transientError, type ObjectBackend, type ObjectInfo } from '../../appliance/src/store/backend.js';
-import { createStore, fsckStore, openStore, readStoreInfo, type ChunkStoreDevice, type OpenStoreOptions } from '../../appliance/src/store/index.js';
+import {
+  createStore,
+  fsckStore,
+  openStore,
+  readStoreInfo,
+  resizeStore,
+  type ChunkStoreDevice,
+  type OpenStoreOptions,
+} from '../../appliance/src/store/index.js';
 import { Rng } from '../helpers/random.js';
 import { quietLogs, tempDir, TEST_KDF } from './helpers.js';
 
@@ -134,6 +142,36 @@ describe('chunk store', () => {
     await a.close().catch(() => undefined);
   });
 
+  it('holds the lock as a lease: a live holder keeps it, an expired one is taken over, a writer that lost it stops', async () => {
+    const store = await fresh();
+    const root = store.slice(4);
+    const lease = 600;
+    // A lock left by a killed process: its last renewal is long past.
+    const dead = { id: 'dead', host: 'elsewhere', pid: 999999, since: new Date(Date.now() - 60_000).toISOString(), leaseMs: lease, beat: 7 };
+    await fsp.writeFile(join(root, 'lock.json'), JSON.stringify({ ...dead, renewed: new Date(Date.now() - 30_000).toISOString() }));
+    const a = await openDev(store, { leaseMs: lease });
+    const mine = (await readStoreInfo({ store })).lock!;
+    expect(mine).toMatchObject({ pid: process.pid, leaseMs: lease });
+    expect(mine.id).not.toBe('dead');
+    // A live holder: refused at once, naming the holder and its renewal.
+    const live = await errorOf(openStore({ store, passphrase: pass, cacheDir: join(dir, 'cache2'), leaseMs: lease }));
+    expect(live).toMatchObject({ code: 'EBUSY', message: expect.stringMatching(/locked by pid \d+ .*renewed its lease \d+ s ago/) });
+    // Its clock looks far behind ours, but it keeps renewing: watching its heartbeat keeps it safe.
+    await fsp.writeFile(join(root, 'lock.json'), JSON.stringify({ ...mine, renewed: new Date(Date.now() - 60_000).toISOString() }));
+    const skew = await errorOf(openStore({ store, passphrase: pass, cacheDir: join(dir, 'cache2'), leaseMs: lease }));
+    expect(skew).toMatchObject({ code: 'EBUSY', message: expect.stringMatching(/lease is being renewed/) });
+    await a.write(Buffer.alloc(CHUNK, 1), 0);
+    await a.flush();
+    // Broken by another writer: the heartbeat notices, and the first writer refuses further writes.
+    const b = await openDev(store, { breakLock: true, cacheDir: join(dir, 'cache2'), leaseMs: lease });
+    await new Promise((r) => setTimeout(r, lease));
+    expect(await errorOf(a.write(Buffer.alloc(10), 0))).toMatchObject({ code: 'EIO', message: expect.stringMatching(/lock .* was taken over/) });
+    expect((await errorOf(a.flush())).code).toBe('EIO');
+    await b.write(Buffer.alloc(10, 2), 0);
+    await b.close();
+    expect((await readStoreInfo({ store })).lock).toBeUndefined();
+  });
+
   it('stores no zero chunks, compresses, deletes chunks overwritten with zeros or trimmed', async () => {
     const store = await fresh();
     const d = await openDev(store);
@@ -171,7 +209,7 @@ describe('chunk store', () => {
     obj[obj.length >> 1] = obj[obj.length >> 1]! ^ 0x01;
     await fsp.writeFile(p2, obj);
     await fsp.copyFile(join(root, chunkKey(3)), join(root, chunkKey(4)));
-    d = await openDev(store);
+    d = await openDev(store, { cacheDir: join(dir, 'cache-cold') }); // the warm cache would serve its own good copies;
     expect(await errorOf(readBack(d, 2 * CHUNK + 100, 10))).toMatchObject({ code: 'EIO', message: expect.stringMatching(/chunk 2 .*authentication failed/) });
     expect((await errorOf(readBack(d, 4 * CHUNK, CHUNK))).code).toBe('EIO');
     expect(await errorOf(readBack(d, CHUNK, 3 * CHUNK))).toMatchObject({ code: 'EIO' }); // spans chunk 2
@@ -196,11 +234,67 @@ describe('chunk store', () => {
       await d.write(Buffer.alloc(CHUNK, 9), 0);
       await d.close();
       await fsp.copyFile(join(otherDir, 'store', chunkKey(0)), join(store.slice(4), chunkKey(0)));
-      const again = await openDev(store);
+      const again = await openDev(store, { cacheDir: join(dir, 'cache-cold') });
       expect((await errorOf(readBack(again, 0, 1))).code).toBe('EIO');
     } finally {
       rmSync(otherDir, { recursive: true, force: true });
     }
+  });
+
+  it('detects a chunk rolled back to an older version of itself, and a rolled-back manifest', async () => {
+    const store = await fresh();
+    const root = store.slice(4);
+    const rng = new Rng(31);
+    const v1 = rng.bytes(2 * CHUNK);
+    let d = await openDev(store);
+    await d.write(v1, 0);
+    await d.close();
+    const old0 = await fsp.readFile(join(root, chunkKey(0)));
+    const oldManifest = await fsp.readFile(join(root, 'manifest'));
+    const v2 = rng.bytes(CHUNK);
+    d = await openDev(store);
+    await d.write(v2, 0);
+    await d.close();
+    // The store owner puts chunk 0's older (validly encrypted) object back.
+    await fsp.writeFile(join(root, chunkKey(0)), old0);
+    d = await openDev(store, { cacheDir: join(dir, 'cache-cold') });
+    expect(await errorOf(readBack(d, 0, 10))).toMatchObject({
+      code: 'EIO',
+      message: expect.stringMatching(/chunk 0 .* rolled back: .*generation \d+, older than \d+/),
+    });
+    expect((await readBack(d, CHUNK, CHUNK)).equals(v1.subarray(CHUNK))).toBe(true);
+    await d.close();
+    const report = await fsckStore({ store, passphrase: pass });
+    expect(report.bad).toMatchObject([{ chunk: 0, error: expect.stringMatching(/rolled back/) }]);
+    // The whole volume put back to the earlier state (manifest and chunk): a cache that saw the newer one refuses it.
+    await fsp.writeFile(join(root, 'manifest'), oldManifest);
+    expect(await errorOf(openStore({ store, passphrase: pass, cacheDir: join(dir, 'cache'), cacheSize: 8 * MiB }))).toMatchObject({
+      code: 'EIO',
+      message: expect.stringMatching(/manifest .* is version \d+, older than version \d+ .* rolled back/),
+    });
+    // A changed manifest fails authentication.
+    const forged = Buffer.from(oldManifest);
+    forged[forged.length - 40] = forged[forged.length - 40]! ^ 1;
+    await fsp.writeFile(join(root, 'manifest'), forged);
+    expect(await errorOf(openStore({ store, passphrase: pass, cacheDir: join(dir, 'cache-x'), cacheSize: 8 * MiB }))).toMatchObject({
+      code: 'EIO',
+      message: expect.stringMatching(/manifest .* failed authentication/),
+    });
+  });
+
+  it('still opens volumes of format 1 (no generations, no manifest)', async () => {
+    const store = await fresh();
+    const root = store.slice(4);
+    const h = JSON.parse(await fsp.readFile(join(root, 'header.json'), 'utf8')) as { version: number };
+    await fsp.writeFile(join(root, 'header.json'), JSON.stringify({ ...h, version: 1 }));
+    const data = new Rng(32).bytes(3 * CHUNK);
+    let d = await openDev(store);
+    await d.write(data, 0);
+    await d.close();
+    expect(storeFiles(store).some((f) => f.endsWith('/manifest'))).toBe(false);
+    expect((await fsp.readFile(join(root, chunkKey(1))))[0]).toBe(1);
+    d = await openDev(store, { cacheDir: join(dir, 'cache-cold') });
+    expect((await readBack(d, 0, data.length)).equals(data)).toBe(true);
   });
 
   it('loses nothing under injected store errors and delays', async () => {
@@ -277,6 +371,76 @@ describe('chunk store', () => {
     faulty!.blockPuts = false;
   });
 
+  it('reuses the cache of a clean stop after checking it, unless another writer changed the volume since', async () => {
+    const store = await fresh();
+    const gets = { n: 0 };
+    const counting = (b: ObjectBackend): ObjectBackend => {
+      const f = new FaultyBackend(b);
+      const get = f.get.bind(f);
+      f.get = (key: string) => {
+        if (key.startsWith('c/')) gets.n++;
+        return get(key);
+      };
+      return f;
+    };
+    const data = new Rng(21).bytes(32 * CHUNK);
+    let d = await openDev(store);
+    await d.write(data, 0);
+    await d.close();
+    // Warm: every chunk comes from the slot file, none from the store.
+    d = await openDev(store, { wrapBackend: counting });
+    expect((await readBack(d, 0, data.length)).equals(data)).toBe(true);
+    expect(gets.n).toBe(0);
+    await d.close();
+    // A damaged slot fails its check and is fetched again; the others are still reused.
+    const slots = join(dir, 'cache', 'slots');
+    const raw = await fsp.readFile(slots);
+    raw[5 * CHUNK + 77] = raw[5 * CHUNK + 77]! ^ 0xff;
+    await fsp.writeFile(slots, raw);
+    d = await openDev(store, { wrapBackend: counting });
+    expect((await readBack(d, 0, data.length)).equals(data)).toBe(true);
+    expect(gets.n).toBe(1);
+    await d.close();
+    // Another writer (its own cache) changes chunk 3: the first cache must not serve its old copy.
+    const other = await openDev(store, { cacheDir: join(dir, 'cache-other') });
+    const fresh3 = new Rng(22).bytes(CHUNK);
+    await other.write(fresh3, 3 * CHUNK);
+    await other.close();
+    gets.n = 0;
+    d = await openDev(store, { wrapBackend: counting });
+    const want = Buffer.from(data);
+    fresh3.copy(want, 3 * CHUNK);
+    expect((await readBack(d, 0, data.length)).equals(want)).toBe(true);
+    expect(gets.n).toBe(32); // cold: everything fetched again
+    await d.close();
+    // A smaller limit reuses only what fits, and the directory stays under it.
+    d = await openDev(store, { cacheSize: 2 * MiB, wrapBackend: counting });
+    const du = Number(execFileSync('du', ['-sb', '--apparent-size', join(dir, 'cache')], { encoding: 'utf8' }).split('\t')[0]);
+    expect(du).toBeLessThanOrEqual(2 * MiB);
+    gets.n = 0;
+    expect((await readBack(d, 0, data.length)).equals(want)).toBe(true);
+    expect(gets.n).toBeGreaterThan(0);
+    expect(gets.n).toBeLessThan(32);
+  });
+
+  it('refuses to replay a journal when another writer session wrote the volume since', async () => {
+    const store = await fresh();
+    let faulty: FaultyBackend | undefined;
+    const a = await openDev(store, { wrapBackend: (b) => (faulty = new FaultyBackend(b)) });
+    faulty!.blockPuts = true; // acknowledged by flush, never uploaded
+    await a.write(Buffer.alloc(CHUNK, 1), 0);
+    await a.flush();
+    open.splice(open.indexOf(a), 1); // a killed process: lock, journal and slot file stay
+    const b = await openDev(store, { breakLock: true, cacheDir: join(dir, 'cache-b') });
+    await b.write(Buffer.alloc(CHUNK, 2), 0);
+    await b.close();
+    const err = await errorOf(openStore({ store, passphrase: pass, cacheDir: join(dir, 'cache'), cacheSize: 8 * MiB, breakLock: true }));
+    expect(err).toMatchObject({ code: 'EBUSY', message: expect.stringMatching(/journal .* holds 1 chunks .* overwrite newer data/) });
+    const c = await openDev(store, { cacheDir: join(dir, 'cache-c') });
+    expect((await readBack(c, 0, CHUNK)).equals(Buffer.alloc(CHUNK, 2))).toBe(true);
+    faulty!.blockPuts = false;
+  });
+
   it('never lets the cache exceed its limit (32 MiB cache, 512 MiB written)', async () => {
     const store = await fresh({ size: 600 * MiB, cipher: 'none' });
     const limit = 32 * MiB;
@@ -327,5 +491,18 @@ describe('chunk store', () => {
     expect(again.size).toBe(10 * MiB);
     expect((await readBack(again, 10 * MiB - 10, 10)).equals(Buffer.alloc(10, 2))).toBe(true);
     expect((await readBack(again, 4 * MiB, 100)).equals(Buffer.alloc(100, 1))).toBe(true);
+    // resizeStore: the same for a volume that is not open; it needs the writer lock and the passphrase.
+    expect(await errorOf(resizeStore({ store, passphrase: pass, size: 16 * MiB }))).toMatchObject({ code: 'EBUSY' });
+    await again.close();
+    expect(await errorOf(resizeStore({ store, passphrase: pass, size: 9 * MiB }))).toMatchObject({
+      code: 'EINVAL',
+      message: expect.stringMatching(/refusing to shrink .* from 10485760 to 9437184 bytes/),
+    });
+    expect(await errorOf(resizeStore({ store, passphrase: 'wrong', size: 16 * MiB }))).toMatchObject({ code: 'EACCES' });
+    expect((await resizeStore({ store, passphrase: pass, size: 16 * MiB })).size).toBe(16 * MiB);
+    expect((await readStoreInfo({ store })).lock).toBeUndefined();
+    const third = await openDev(store);
+    expect(third.size).toBe(16 * MiB);
+    expect((await readBack(third, 10 * MiB - 10, 10)).equals(Buffer.alloc(10, 2))).toBe(true);
   });
 });

@@ -12,12 +12,14 @@ import { logger } from '../../../shared/src/logger.js';
 import { BlockFile } from '../fuse/block-file.js';
 import { onShutdown, untilShutdown } from '../process/shutdown.js';
 import { CIPHERS, COMPRESSIONS, type Cipher, type Compression } from '../store/header.js';
+import type { LockInfo } from '../store/lock.js';
 import {
   createStore,
   defaultCacheDir,
   fsckStore,
   openStore,
   readStoreInfo,
+  resizeStore,
   STATS_FILE,
   STATS_INTERVAL_MS,
   storeStats,
@@ -37,9 +39,8 @@ interface PassFlags {
 
 const PASS_ENV = 'BRIDGE_STORE_PASSPHRASE';
 
-// Uploads to a directory store are fsync-bound and zstd runs in libuv's pool: 4 threads starve them.
-// Effective only when nothing has used the pool yet (the compiled CLI); the service sets it too.
-process.env.UV_THREADPOOL_SIZE ??= '32';
+// libuv's pool size (UV_THREADPOOL_SIZE, 32 recommended: directory uploads are fsync-bound) must come
+// from the environment: Node 20 starts the pool while it loads this ES module, before code here runs.
 
 function location(o: LocationFlags): StoreLocationOptions {
   return { store: o.store, ...(o.endpoint ? { endpoint: o.endpoint } : {}), ...(o.region ? { region: o.region } : {}) };
@@ -66,6 +67,12 @@ function locationOptions(cmd: Command): Command {
     .requiredOption('--store <spec>', 'dir:PATH or s3://BUCKET/PREFIX (S3 credentials from the AWS environment/profile chain)')
     .option('--endpoint <url>', 'S3-compatible endpoint URL (path-style addressing)')
     .option('--region <region>', 'S3 region (default $AWS_REGION or us-east-1)');
+}
+
+function leaseText(l: LockInfo): string {
+  if (!l.leaseMs || !l.renewed) return ' (no lease: break it with mount --break-lock once the holder is gone)';
+  const age = Math.max(0, Math.round((Date.now() - Date.parse(l.renewed)) / 1000));
+  return `, lease ${Math.round(l.leaseMs / 1000)} s, renewed ${age} s ago (by this host's clock)`;
 }
 
 export function register(program: Command): void {
@@ -105,6 +112,7 @@ export function register(program: Command): void {
     .option('--memory-cache-size <size>', 'memory tier size (default min(32M, cache size / 8))', sizeOption('--memory-cache-size'))
     .option('--upload-concurrency <n>', 'parallel uploads (default 32)', (v) => Number.parseInt(v, 10))
     .option('--download-concurrency <n>', 'parallel downloads (default 16)', (v) => Number.parseInt(v, 10))
+    .option('--codec-threads <n>', 'worker threads for compression and encryption (default: one per core, at most 4; 0: none)', (v) => Number.parseInt(v, 10))
     .option('--read-only', 'refuse writes (takes no lock)')
     .option('--break-lock', 'remove a stale writer lock left by a process that is gone')
     .option('--json', 'print the served file as JSON once ready')
@@ -127,6 +135,7 @@ Live stats: bridge-agent store stats --store ... (read from CACHEDIR/${STATS_FIL
               memoryCacheSize?: number;
               uploadConcurrency?: number;
               downloadConcurrency?: number;
+              codecThreads?: number;
               readOnly?: boolean;
               breakLock?: boolean;
             },
@@ -140,6 +149,7 @@ Live stats: bridge-agent store stats --store ... (read from CACHEDIR/${STATS_FIL
             ...(o.memoryCacheSize !== undefined ? { memoryCacheSize: o.memoryCacheSize } : {}),
             ...(o.uploadConcurrency ? { uploadConcurrency: o.uploadConcurrency } : {}),
             ...(o.downloadConcurrency ? { downloadConcurrency: o.downloadConcurrency } : {}),
+            ...(o.codecThreads !== undefined && Number.isInteger(o.codecThreads) && o.codecThreads >= 0 ? { codecThreads: o.codecThreads } : {}),
             readOnly: o.readOnly ?? false,
             breakLock: o.breakLock ?? false,
           });
@@ -200,8 +210,31 @@ Live stats: bridge-agent store stats --store ... (read from CACHEDIR/${STATS_FIL
             `cipher:      ${h.cipher}`,
             ...(h.kdf ? [`kdf:         scrypt N=${h.kdf.N} r=${h.kdf.r} p=${h.kdf.p}`] : []),
             `created:     ${h.created}`,
-            `lock:        ${info.lock ? `held by pid ${info.lock.pid} on ${info.lock.host} since ${info.lock.since}` : 'free'}`,
+            `lock:        ${info.lock ? `held by pid ${info.lock.pid} on ${info.lock.host} since ${info.lock.since}${leaseText(info.lock)}` : 'free'}`,
           ].join('\n'),
+        );
+      }),
+    );
+
+  locationOptions(store.command('resize').description('grow a volume that is not mounted (shrinking is refused)'))
+    .requiredOption('--size <size>', 'new volume size, e.g. 200G (not smaller than now)', sizeOption('--size'))
+    .option('--passphrase-file <file>', `file whose first line is the passphrase (or set ${PASS_ENV})`)
+    .option('--break-lock', 'remove a stale writer lock left by a process that is gone')
+    .option('--json', 'print the new header as JSON')
+    .action(
+      action(async (o: LocationFlags & PassFlags & { size: number; breakLock?: boolean }) => {
+        const pass = await passphrase(o);
+        const before = await readStoreInfo(location(o));
+        const header = await resizeStore({
+          ...location(o),
+          size: o.size,
+          ...(pass !== undefined ? { passphrase: pass } : {}),
+          ...(o.breakLock ? { breakLock: true } : {}),
+        });
+        output(o.json ?? false, header, () =>
+          header.size === before.header.size
+            ? `volume ${header.volumeId} is already ${formatSize(header.size)}; nothing changed`
+            : `volume ${header.volumeId} grown from ${formatSize(before.header.size)} to ${formatSize(header.size)}`,
         );
       }),
     );

@@ -7,13 +7,14 @@
 import {
   DeleteObjectCommand,
   GetObjectCommand,
-  ListObjectsV2Command,
+  ListObjectsCommand,
   NoSuchKey,
   PutObjectCommand,
   S3Client,
   S3ServiceException,
   type S3ClientConfig,
 } from '@aws-sdk/client-s3';
+import { randomBytes } from 'node:crypto';
 import { BridgeError } from '../../../shared/src/errors.js';
 import { transientError, type ObjectBackend, type ObjectInfo } from './backend.js';
 
@@ -39,6 +40,7 @@ export interface S3Credentials {
 export class S3Backend implements ObjectBackend {
   readonly location: string;
   private readonly client: S3Client;
+  private conditional: Promise<boolean> | undefined;
 
   constructor(private readonly o: S3BackendOptions) {
     this.location = `s3://${o.bucket}/${o.prefix}`;
@@ -47,6 +49,10 @@ export class S3Backend implements ObjectBackend {
       forcePathStyle: o.forcePathStyle ?? o.endpoint !== undefined,
       // Our retry layer (retry.ts) owns backoff; one SDK retry covers a stale keep-alive socket.
       maxAttempts: 2,
+      // Every chunk object carries its own GCM tag (or CRC-32): the SDK's extra checksums (CRC32 in
+      // JavaScript over every body, on both directions) would only cost CPU.
+      requestChecksumCalculation: 'WHEN_REQUIRED',
+      responseChecksumValidation: 'WHEN_REQUIRED',
     };
     if (o.endpoint) config.endpoint = o.endpoint;
     if (o.credentials) config.credentials = o.credentials;
@@ -80,9 +86,40 @@ export class S3Backend implements ObjectBackend {
       await this.client.send(new PutObjectCommand({ Bucket: this.o.bucket, Key: this.o.prefix + key, Body: data, IfNoneMatch: '*' }));
       return true;
     } catch (e) {
-      const status = (e as S3ServiceException).$metadata?.httpStatusCode;
-      if (status === 412 || status === 409) return false;
+      if (preconditionFailed(e)) return false;
       throw wrap(`PUT ${key}`, e);
+    }
+  }
+
+  /**
+   * Whether the endpoint honours `If-None-Match: *` on PUT (asked once, with a probe object created
+   * twice): AWS S3 and MinIO do; s3rver and older servers ignore it, and then putIfAbsent can race.
+   */
+  atomicCreate(): Promise<boolean> {
+    this.conditional ??= this.probeConditionalPut().catch((e: unknown) => {
+      this.conditional = undefined;
+      throw e;
+    });
+    return this.conditional;
+  }
+
+  private async probeConditionalPut(): Promise<boolean> {
+    const key = `${this.o.prefix}lock.probe-${randomBytes(6).toString('hex')}`;
+    const put = (): Promise<unknown> => this.client.send(new PutObjectCommand({ Bucket: this.o.bucket, Key: key, Body: 'probe', IfNoneMatch: '*' }));
+    try {
+      await put();
+      try {
+        await put();
+        return false;
+      } catch (e) {
+        if (preconditionFailed(e)) return true;
+        if ((e as S3ServiceException).$metadata?.httpStatusCode === 501) return false;
+        throw e;
+      }
+    } catch (e) {
+      throw wrap('PUT (conditional create probe)', e);
+    } finally {
+      await this.client.send(new DeleteObjectCommand({ Bucket: this.o.bucket, Key: key })).catch(() => undefined);
     }
   }
 
@@ -95,23 +132,36 @@ export class S3Backend implements ObjectBackend {
     }
   }
 
+  /**
+   * ListObjects (version 1) paged by Marker = the last key seen (keys come sorted). Version 2 would
+   * be the same listing on AWS, but s3rver 3.7 builds v2 continuation tokens with DES, which
+   * OpenSSL 3 (Node 18+) no longer provides: every truncated v2 listing (> 1000 keys) is HTTP 500 there.
+   */
   async *list(prefix: string): AsyncIterable<ObjectInfo> {
-    let token: string | undefined;
-    do {
+    let marker: string | undefined;
+    for (;;) {
       let res;
       try {
-        res = await this.client.send(new ListObjectsV2Command({ Bucket: this.o.bucket, Prefix: this.o.prefix + prefix, ContinuationToken: token }));
+        res = await this.client.send(new ListObjectsCommand({ Bucket: this.o.bucket, Prefix: this.o.prefix + prefix, Marker: marker }));
       } catch (e) {
         throw wrap(`LIST ${prefix}`, e);
       }
-      for (const o of res.Contents ?? []) if (o.Key) yield { key: o.Key.slice(this.o.prefix.length), size: o.Size ?? 0 };
-      token = res.IsTruncated ? res.NextContinuationToken : undefined;
-    } while (token);
+      const objects = res.Contents ?? [];
+      for (const o of objects) if (o.Key) yield { key: o.Key.slice(this.o.prefix.length), size: o.Size ?? 0 };
+      const last = objects[objects.length - 1]?.Key;
+      if (!res.IsTruncated || !last) return;
+      marker = last;
+    }
   }
 
   async close(): Promise<void> {
     this.client.destroy();
   }
+}
+
+function preconditionFailed(e: unknown): boolean {
+  const status = (e as S3ServiceException).$metadata?.httpStatusCode;
+  return status === 412 || status === 409;
 }
 
 function wrap(what: string, e: unknown): BridgeError {

@@ -23,6 +23,8 @@ export interface ObjectBackend {
   put(key: string, data: Uint8Array): Promise<void>;
   /** Stores an object only when no object has that key; false when one exists. */
   putIfAbsent(key: string, data: Uint8Array): Promise<boolean>;
+  /** Whether putIfAbsent is atomic (two racing creators cannot both succeed); absent: not known to be. */
+  atomicCreate?(): Promise<boolean>;
   /** Deletes an object; deleting a missing object is fine. */
   delete(key: string): Promise<void>;
   /** Every object whose key starts with `prefix`. */

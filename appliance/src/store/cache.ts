@@ -12,17 +12,23 @@
  *   DIRTY --upload ok, no write meanwhile--> CLEAN
  *   CLEAN --slot needed elsewhere--> (none)   [after the journal's clean record is durable]
  *
+ * Writes are acknowledged once staged: copied into the chunk's memory copy and queued as a slot
+ * write (per chunk, in order: Entry.io); flush() waits for them and makes the slots durable.
+ *
  * Disk usage never exceeds the limit: the slot file has at most `nSlots` chunks, the journal is
  * compacted before it outgrows its reserve. Writers wait (back-pressure) when `maxDirty` chunks are
- * dirty or every slot is dirty or busy. A failing store keeps dirty data and makes waiting writers
- * fail with EIO rather than hang.
+ * dirty, every slot is dirty or busy, or the staged bytes reach their limit. A failing store keeps
+ * dirty data and makes waiting writers fail with EIO rather than hang. A clean close leaves an index
+ * of its slots (cache-index.ts) that the next open may reuse.
  */
-import { promises as fsp, constants as fsc } from 'node:fs';
+import { promises as fsp, constants as fsc, read, write } from 'node:fs';
 import { join } from 'node:path';
+import { crc32 } from 'node:zlib';
 import { BridgeError, errorMessage } from '../../../shared/src/errors.js';
 import type { Logger } from '../../../shared/src/logger.js';
 import type { ChunkStore } from './chunks.js';
 import type { Journal } from './journal.js';
+import { writeCacheIndex, type IndexedSlot } from './cache-index.js';
 
 export interface CacheOptions {
   /** Hard limit on the bytes the cache directory holds (slot file + journal + stats file). */
@@ -36,6 +42,8 @@ export interface CacheOptions {
   readAhead?: number;
   /** A dirty chunk waits this long after its last write before it uploads (default 100 ms). */
   writeDelayMs?: number;
+  /** The writer session (session.ts) a clean close records in the cache index; none: no index. */
+  session?: string;
 }
 
 interface Entry {
@@ -50,12 +58,17 @@ interface Entry {
   journaledSlot: number | undefined;
   uploading: boolean;
   pins: number;
+  /** Staged slot writes not yet landed; while > 0 the slot cannot be read, evicted or moved. */
   writing: number;
+  /** Tail of the chain of staged slot writes (in write order; never rejects). */
+  io: Promise<void>;
   ready: Promise<void> | undefined;
   lock: Promise<void>;
   lastWrite: number;
   failures: number;
   retryAt: number;
+  /** CRC-32 of the plaintext while the slot holds exactly the stored chunk (for the cache index). */
+  crc: number | undefined;
 }
 
 /** Bytes of the cache directory kept for the journal and the stats file besides the slots. */
@@ -106,14 +119,22 @@ export class ChunkCache {
   private urgent = 0;
   private flushChain: Promise<void> = Promise.resolve();
   private storeError: BridgeError | undefined;
+  /** Bytes of acknowledged writes whose slot writes are still in flight, and their limit. */
+  private stagedBytes = 0;
+  private readonly stagedLimit: number;
+  /** A staged slot write failed: the cache file is unusable and every later flush reports it. */
+  private slotError: BridgeError | undefined;
   private consecutiveFailures = 0;
   private closed = false;
   private readonly counters = { memoryHits: 0, diskHits: 0, misses: 0, uploadFailures: 0 };
+  private readonly session: string | undefined;
 
   private constructor(
     private readonly store: ChunkStore,
     private readonly journal: Journal,
     private readonly slots: fsp.FileHandle,
+    /** The slot file again, opened O_DSYNC: a write through it syncs just its own range. */
+    private readonly slotsDsync: fsp.FileHandle,
     private readonly dir: string,
     private cacheSize: number,
     o: CacheOptions,
@@ -127,19 +148,32 @@ export class ChunkCache {
     this.downloadConcurrency = o.downloadConcurrency ?? 16;
     this.readAhead = o.readAhead ?? Math.max(1, Math.floor((8 * 1024 * 1024) / this.chunkSize));
     this.writeDelayMs = o.writeDelayMs ?? 100;
+    this.stagedLimit = Math.max(16 * this.chunkSize, this.memLimit);
+    this.session = o.session;
   }
 
   /**
    * Opens the cache in `dir`: replays the journal (uploads every chunk a flush acknowledged but no
-   * upload finished), then starts empty. Fails, changing nothing, when the store cannot take them.
+   * upload finished), then reuses the `warm` slots of the last clean stop (when nothing was pending)
+   * or starts empty. Fails, changing nothing, when the store cannot take the replayed chunks.
    */
-  static async open(store: ChunkStore, journal: Journal, pending: Map<number, number>, dir: string, o: CacheOptions, log: Logger): Promise<ChunkCache> {
+  static async open(
+    store: ChunkStore,
+    journal: Journal,
+    pending: Map<number, number>,
+    dir: string,
+    o: CacheOptions,
+    log: Logger,
+    warm?: IndexedSlot[],
+  ): Promise<ChunkCache> {
     const chunk = store.chunkSize;
     if (slotsFor(o.cacheSize, chunk) < 8) {
       throw new BridgeError('EINVAL', `cache size ${o.cacheSize} is too small: it must hold at least 8 chunks of ${chunk} bytes plus ${RESERVE_FIXED} bytes`);
     }
     const slots = await fsp.open(join(dir, 'slots'), fsc.O_RDWR | fsc.O_CREAT, 0o600);
+    let slotsDsync: fsp.FileHandle | undefined;
     try {
+      slotsDsync = await fsp.open(join(dir, 'slots'), fsc.O_RDWR | fsc.O_DSYNC);
       if (pending.size) {
         log.info('replaying cache journal: uploading chunks acknowledged before the last stop', { chunks: pending.size });
         const items = [...pending];
@@ -158,14 +192,53 @@ export class ChunkCache {
         await Promise.all(Array.from({ length: Math.min(16, items.length) }, worker));
         log.info('journal replayed', { chunks: pending.size });
       }
-      // Everything acknowledged is in the store now: start with an empty journal and slot file.
+      // Everything acknowledged is in the store now: start with an empty journal.
       await journal.rewrite([]);
-      await slots.truncate(0);
+      const cache = new ChunkCache(store, journal, slots, slotsDsync, dir, o.cacheSize, o, log);
+      // The slots of the last clean stop, when nothing changed the volume since; else an empty file.
+      if (warm?.length && !pending.size) await cache.reuse(warm);
+      else await slots.truncate(0);
+      return cache;
     } catch (e) {
       await slots.close();
+      await slotsDsync?.close();
       throw e;
     }
-    return new ChunkCache(store, journal, slots, dir, o.cacheSize, o, log);
+  }
+
+  /**
+   * Takes over the slots a clean stop listed (cache-index.ts) as CLEAN entries, each after checking
+   * its bytes against the CRC recorded for it; the rest of the slot file is cut off or reused.
+   */
+  private async reuse(listed: IndexedSlot[]): Promise<void> {
+    const seen = new Set<number>();
+    const candidates = listed.filter((s) => s.slot < this.nSlots && this.store.has(s.index) && !seen.has(s.slot) && seen.add(s.slot));
+    let next = 0;
+    let bad = 0;
+    const kept: IndexedSlot[] = [];
+    const check = async (): Promise<void> => {
+      const buf = Buffer.allocUnsafe(this.chunkSize);
+      while (next < candidates.length) {
+        const c = candidates[next++]!;
+        await readFully(this.slots, buf, c.slot * this.chunkSize);
+        if (crc32(buf) === c.crc) kept.push(c);
+        else bad++;
+      }
+    };
+    await Promise.all(Array.from({ length: 8 }, check));
+    const used = new Set<number>();
+    for (const c of kept) {
+      if (this.entries.has(c.index)) continue;
+      const e = this.newEntry(c.index);
+      e.slot = c.slot;
+      e.crc = c.crc;
+      this.cleanLru.set(c.index, e);
+      used.add(c.slot);
+      this.nextSlot = Math.max(this.nextSlot, c.slot + 1);
+    }
+    for (let s = 0; s < this.nextSlot; s++) if (!used.has(s)) this.freeSlots.push(s);
+    await this.slots.truncate(this.nextSlot * this.chunkSize);
+    this.log.info('reusing the cache of the last clean stop', { chunks: used.size, failedCheck: bad, dropped: listed.length - candidates.length });
   }
 
   // ---- reads ----
@@ -190,6 +263,13 @@ export class ChunkCache {
           target.set(m.subarray(off, off + target.length));
           return;
         }
+        if (e.writing > 0) {
+          // Acknowledged writes are still on their way to the slot.
+          await e.io;
+          continue;
+        }
+        // After a failed slot write a slot may hold old bytes: never serve them.
+        if (this.slotError) throw this.slotError;
         this.counters.diskHits++;
         e.pins++;
         try {
@@ -238,12 +318,19 @@ export class ChunkCache {
 
   // ---- writes ----
 
-  /** Writes `data` at byte `off` of chunk `index`. */
+  /**
+   * Writes `data` at byte `off` of chunk `index`. Returns once the bytes are in memory (the chunk's
+   * copy and a staged slot write); flush() waits for staged slot writes before it syncs the file.
+   */
   async write(index: number, data: Uint8Array, off: number): Promise<void> {
     await this.waitForDirtyRoom(index);
+    await this.waitForStagingRoom();
+    // The caller's buffer (FUSE's) is reused once we return: stage a copy.
+    const copy = Buffer.allocUnsafe(data.length);
+    copy.set(data);
     if (off === 0 && data.length === this.chunkSize && !this.entries.has(index)) {
       // A whole new chunk: nothing to fetch first.
-      await this.materialize(index, 'replace', data);
+      await this.materialize(index, 'replace', copy);
       this.schedule();
       return;
     }
@@ -251,14 +338,9 @@ export class ChunkCache {
     try {
       await this.locked(e, async () => {
         if (e.slot < 0) await this.giveSlot(e, null);
-        this.applyToMemory(index, data, off);
+        this.applyToMemory(index, copy, off);
         this.markDirty(e);
-        e.writing++;
-        try {
-          await writeFully(this.slots, data, e.slot * this.chunkSize + off);
-        } finally {
-          e.writing--;
-        }
+        this.stage(e, copy, off);
       });
     } finally {
       this.unpin(e);
@@ -279,14 +361,8 @@ export class ChunkCache {
       await this.locked(e, async () => {
         this.memDelete(index);
         this.markDirty(e);
-        if (e.slot < 0) return;
-        e.writing++;
-        try {
-          // Keep the slot (it may be named by a commit record) and zero it in place.
-          await writeFully(this.slots, Buffer.alloc(this.chunkSize), e.slot * this.chunkSize);
-        } finally {
-          e.writing--;
-        }
+        // Keep the slot (it may be named by a commit record) and zero it in place.
+        if (e.slot >= 0) this.stage(e, this.zeros(), 0);
       });
     } finally {
       this.unpin(e);
@@ -311,7 +387,8 @@ export class ChunkCache {
     // A chunk still being created by a whole-chunk write has no completed write to make durable yet.
     for (const e of this.dirtyQueue) if (e.flushedGen !== e.gen && !e.ready) batch.push({ e, gen: e.gen, slot: e.slot });
     if (batch.length) {
-      await this.slots.datasync();
+      await this.syncSlots(batch.map((b) => b.e));
+      if (this.slotError) throw this.slotError;
       for (const b of batch) this.journal.commit(b.e.index, b.slot);
     }
     await this.journal.sync();
@@ -323,6 +400,34 @@ export class ChunkCache {
     }
     if (this.journal.size > RESERVE_FIXED / 2 + this.nSlots * 20) await this.compactJournal();
     this.schedule();
+  }
+
+  /**
+   * Makes the slots of `entries` durable. A few chunks: each is rewritten whole through the O_DSYNC
+   * descriptor (from its memory copy, else from the slot), in its chain of staged writes, so that
+   * the slot file's other dirty pages (clean cached chunks) are left to the kernel's write-back.
+   * Many: one fdatasync of the whole file once their staged writes have landed.
+   */
+  private async syncSlots(entries: Entry[]): Promise<void> {
+    const withData = entries.filter((e) => e.slot >= 0);
+    if (withData.length * 2 > this.nextSlot) {
+      await Promise.all(withData.map((e) => e.io));
+      await this.slots.datasync();
+      return;
+    }
+    await Promise.all(
+      withData.map((e) =>
+        this.chain(e, async () => {
+          const pos = e.slot * this.chunkSize;
+          let data = this.mem.get(e.index);
+          if (!data) {
+            data = Buffer.allocUnsafe(this.chunkSize);
+            await readFully(this.slots, data, pos);
+          }
+          await writeFully(this.slotsDsync, data, pos);
+        }),
+      ),
+    );
   }
 
   private async compactJournal(): Promise<void> {
@@ -405,11 +510,28 @@ export class ChunkCache {
     } finally {
       this.closed = true;
       clearTimeout(this.pumpTimer);
-      await this.journal.close();
-      await this.slots.close();
+      await Promise.all([...this.entries.values()].map((e) => e.io));
+      try {
+        // All uploaded: the journal can be empty, and an index lets the next open reuse the slots.
+        if (this.dirtyQueue.size === 0 && this.session && !this.slotError) await this.writeIndex(this.session);
+      } finally {
+        await this.journal.close();
+        await this.slots.close();
+        await this.slotsDsync.close();
+      }
     }
-    // All uploaded: the next open has nothing to replay, and the slot file can go.
-    if (this.dirtyQueue.size === 0) await fsp.truncate(join(this.dir, 'slots'), 0).catch(() => undefined);
+  }
+
+  private async writeIndex(session: string): Promise<void> {
+    const slots: IndexedSlot[] = [];
+    for (const e of this.entries.values()) {
+      if (e.slot >= 0 && e.slot < this.nSlots && !e.dirty && e.crc !== undefined) slots.push({ index: e.index, slot: e.slot, crc: e.crc });
+    }
+    await this.journal.rewrite([]);
+    // The slots on disk must be the bytes the index vouches for.
+    await this.slots.datasync();
+    await writeCacheIndex(this.dir, this.store.volumeId, this.chunkSize, { session, slots });
+    this.log.debug('cache index written', { chunks: slots.length });
   }
 
   // ---- entries and slots ----
@@ -425,11 +547,13 @@ export class ChunkCache {
       uploading: false,
       pins: 0,
       writing: 0,
+      io: Promise.resolve(),
       ready: undefined,
       lock: Promise.resolve(),
       lastWrite: 0,
       failures: 0,
       retryAt: 0,
+      crc: undefined,
     };
     this.entries.set(index, e);
     return e;
@@ -439,7 +563,7 @@ export class ChunkCache {
    * Creates the entry of a chunk: 'load' downloads it (or finds it in memory); 'replace' fills it
    * with a whole new chunk's data; 'zero' makes an entry for a chunk that will read as zeros.
    */
-  private materialize(index: number, mode: 'load' | 'replace' | 'zero', data?: Uint8Array): Promise<void> {
+  private materialize(index: number, mode: 'load' | 'replace' | 'zero', data?: Buffer): Promise<void> {
     const e = this.newEntry(index);
     if (mode === 'replace') {
       this.memDelete(index);
@@ -451,10 +575,15 @@ export class ChunkCache {
       try {
         if (mode === 'replace') {
           await this.giveSlot(e, data!);
+          this.memSet(index, data!);
           return;
         }
         let content: Buffer | null = mode === 'zero' ? null : (this.memGet(index) ?? null);
-        if (!content && mode === 'load' && this.store.has(index)) content = await this.download(index);
+        if (!content && mode === 'load' && this.store.has(index)) {
+          const got = await this.download(index);
+          content = got?.plain ?? null;
+          e.crc = got?.crc;
+        }
         if (content) await this.giveSlot(e, content);
         if (content && !this.mem.has(index)) this.memSet(index, content);
         if (!e.dirty) this.cleanLru.set(index, e);
@@ -492,15 +621,55 @@ export class ChunkCache {
     }
   }
 
-  /** Takes a slot for `e` and fills it with `content` (null: zeros). */
-  private async giveSlot(e: Entry, content: Uint8Array | null): Promise<void> {
-    const slot = await this.allocSlot();
-    e.pins++;
-    try {
-      e.slot = slot;
-      await writeFully(this.slots, content ?? Buffer.alloc(this.chunkSize), slot * this.chunkSize);
-    } finally {
-      this.unpin(e);
+  /** Takes a slot for `e` and stages `content` into it (null: zeros). */
+  private async giveSlot(e: Entry, content: Buffer | null): Promise<void> {
+    e.slot = await this.allocSlot();
+    this.stage(e, content ?? this.zeros(), 0);
+  }
+
+  /**
+   * Queues a write of `data` (owned by the cache from now on; it may be the chunk's memory copy, which
+   * only later writes of the same chunk change, each staged after this one) at `off` of e's slot, after
+   * e's earlier staged writes. The slot cannot move or be reused until it has landed.
+   */
+  private stage(e: Entry, data: Buffer, off: number): void {
+    this.stagedBytes += data.length;
+    const pos = e.slot * this.chunkSize + off;
+    void this.chain(e, () => writeFully(this.slots, data, pos)).finally(() => {
+      this.stagedBytes -= data.length;
+      this.wake();
+    });
+  }
+
+  /**
+   * Runs `step` on e's slot after every slot write queued before it, and before any queued later.
+   * Resolves when it is done; a failure is kept in slotError (every later flush fails with it).
+   */
+  private chain(e: Entry, step: () => Promise<void>): Promise<void> {
+    e.writing++;
+    e.io = e.io
+      .then(step)
+      .catch((err: unknown) => {
+        this.slotError ??= new BridgeError('EIO', `cache file ${join(this.dir, 'slots')} failed a write: ${errorMessage(err)}`);
+        this.log.error('cache slot write failed; flushes will fail', { chunk: e.index, error: errorMessage(err) });
+      })
+      .finally(() => {
+        e.writing--;
+        this.wake();
+      });
+    return e.io;
+  }
+
+  private zeroChunkBuf: Buffer | undefined;
+  /** A shared all-zero chunk (only ever read). */
+  private zeros(): Buffer {
+    return (this.zeroChunkBuf ??= Buffer.alloc(this.chunkSize));
+  }
+
+  private async waitForStagingRoom(): Promise<void> {
+    while (this.stagedBytes >= this.stagedLimit) {
+      this.checkOpen();
+      await this.changed();
     }
   }
 
@@ -560,6 +729,7 @@ export class ChunkCache {
 
   private markDirty(e: Entry): void {
     e.gen++;
+    e.crc = undefined;
     e.lastWrite = Date.now();
     if (!e.dirty) {
       e.dirty = true;
@@ -640,7 +810,7 @@ export class ChunkCache {
 
   // ---- uploads and downloads ----
 
-  private async download(index: number): Promise<Buffer | null> {
+  private async download(index: number): Promise<{ plain: Buffer; crc: number } | null> {
     while (this.downloadsInFlight >= this.downloadConcurrency) await new Promise<void>((r) => this.downloadWaiters.push(r));
     this.downloadsInFlight++;
     try {
@@ -663,9 +833,9 @@ export class ChunkCache {
     let wakeAt = Infinity;
     for (const e of this.dirtyQueue) {
       if (this.uploadsInFlight >= this.uploadConcurrency) break;
-      // Not while a write is landing in the slot: markDirty bumped gen before the bytes arrived, so an
-      // upload starting now would read the old bytes yet see the new gen and mark the chunk clean.
-      if (e.uploading || e.ready || e.writing > 0) continue;
+      // Reading the slot while a staged write is landing would see old bytes with the new gen and mark
+      // the chunk clean; the memory copy always holds every acknowledged write.
+      if (e.uploading || e.ready || (e.writing > 0 && !this.mem.has(e.index))) continue;
       const due = Math.max(e.retryAt, pressure ? 0 : e.lastWrite + this.writeDelayMs);
       if (due > now) {
         wakeAt = Math.min(wakeAt, due);
@@ -693,9 +863,13 @@ export class ChunkCache {
       if (e.slot >= 0) {
         e.pins++;
         try {
+          // The memory copy itself, not a copy of it: a write racing with the encoding bumps gen,
+          // so this upload then leaves the chunk dirty and it uploads again.
           const m = this.mem.get(e.index);
-          if (m && e.writing === 0) plain = Buffer.from(m);
+          if (m) plain = m;
           else {
+            // A slot that missed a write must not be uploaded as the chunk (it would be marked clean).
+            if (this.slotError) throw this.slotError;
             plain = Buffer.allocUnsafe(this.chunkSize);
             await readFully(this.slots, plain, e.slot * this.chunkSize);
           }
@@ -703,17 +877,18 @@ export class ChunkCache {
           this.unpin(e);
         }
       }
-      await this.store.put(e.index, plain);
+      const crc = await this.store.put(e.index, plain);
       this.consecutiveFailures = 0;
       this.storeError = undefined;
       e.failures = 0;
       if (e.gen === gen) {
         this.unmarkDirty(e);
+        e.crc = crc;
         if (e.journaledSlot !== undefined) this.journal.clean(e.index, e.journaledSlot);
         if (e.slot < 0) {
           if (this.entries.get(e.index) === e) this.entries.delete(e.index);
           e.journaledSlot = undefined;
-        } else if (e.slot >= this.nSlots) await this.evict(e);
+        } else if (e.slot >= this.nSlots && e.writing === 0) await this.evict(e);
         else this.cleanLru.set(e.index, e);
       }
     } catch (err) {
@@ -747,22 +922,31 @@ export class ChunkCache {
   }
 }
 
-async function readFully(fh: fsp.FileHandle, target: Uint8Array, pos: number): Promise<void> {
-  let done = 0;
-  while (done < target.length) {
-    const { bytesRead } = await fh.read(target, done, target.length - done, pos + done);
-    if (bytesRead === 0) {
-      target.fill(0, done);
-      return;
-    }
-    done += bytesRead;
-  }
+/** Reads `target.length` bytes at `pos` (zeros past the end of the file). */
+function readFully(fh: fsp.FileHandle, target: Uint8Array, pos: number): Promise<void> {
+  // The callback API on the descriptor: FileHandle's promise methods cost more per call.
+  return new Promise((res, rej) => {
+    const step = (done: number): void => {
+      if (done >= target.length) return res();
+      read(fh.fd, target, done, target.length - done, pos + done, (err, n) => {
+        if (err) return rej(err);
+        if (n === 0) {
+          target.fill(0, done);
+          return res();
+        }
+        step(done + n);
+      });
+    };
+    step(0);
+  });
 }
 
-async function writeFully(fh: fsp.FileHandle, data: Uint8Array, pos: number): Promise<void> {
-  let done = 0;
-  while (done < data.length) {
-    const { bytesWritten } = await fh.write(data, done, data.length - done, pos + done);
-    done += bytesWritten;
-  }
+function writeFully(fh: fsp.FileHandle, data: Uint8Array, pos: number): Promise<void> {
+  return new Promise((res, rej) => {
+    const step = (done: number): void => {
+      if (done >= data.length) return res();
+      write(fh.fd, data, done, data.length - done, pos + done, (err, n) => (err ? rej(err) : step(done + n)));
+    };
+    step(0);
+  });
 }

@@ -9,7 +9,7 @@ import { checkIo, Lifecycle, type BlockCapabilities, type BlockDevice } from '..
 import { HEADER_KEY, type ObjectBackend } from './backend.js';
 import type { CacheStats, ChunkCache } from './cache.js';
 import type { ChunkStore } from './chunks.js';
-import { encodeHeader, type VolumeHeader } from './header.js';
+import { checkGrowth, encodeHeader, type VolumeHeader } from './header.js';
 import type { StoreLock } from './lock.js';
 
 export interface ChunkStoreStats extends CacheStats {
@@ -39,7 +39,12 @@ export class ChunkStoreDevice implements BlockDevice {
     private readonly lock: StoreLock | undefined,
     readOnly: boolean,
     private readonly log: Logger,
-    private readonly afterClose?: () => Promise<void>,
+    private readonly hooks: {
+      /** After everything was uploaded, before the lock is released (manifest checkpoint). */
+      beforeRelease?: () => Promise<void>;
+      /** Always, last. */
+      afterClose?: () => Promise<void>;
+    } = {},
   ) {
     this.blockSize = Math.min(header.chunkSize, 128 * 1024);
     this.capabilities = { writable: !readOnly, trim: !readOnly, persistent: true, resizable: !readOnly };
@@ -75,12 +80,14 @@ export class ChunkStoreDevice implements BlockDevice {
 
   async write(data: Uint8Array, offset: number): Promise<void> {
     this.life.check();
+    this.lock?.check();
     if (!checkIo(this, offset, data.length, true)) return;
     await Promise.all(this.pieces(offset, data.length).map((p) => this.cache.write(p.index, data.subarray(p.bufOff, p.bufOff + p.len), p.chunkOff)));
   }
 
   async flush(): Promise<void> {
     this.life.check();
+    this.lock?.check();
     if (this.capabilities.writable) await this.cache.flush();
   }
 
@@ -96,6 +103,7 @@ export class ChunkStoreDevice implements BlockDevice {
 
   async zero(offset: number, length: number): Promise<void> {
     this.life.check();
+    this.lock?.check();
     if (!checkIo(this, offset, length, true)) return;
     const cs = this.header.chunkSize;
     const zeros = Buffer.alloc(Math.min(length, cs));
@@ -112,8 +120,7 @@ export class ChunkStoreDevice implements BlockDevice {
   async resize(newSize: number): Promise<void> {
     this.life.check();
     if (!this.capabilities.resizable) throw new BridgeError('EROFS', 'volume is open read-only');
-    if (!Number.isSafeInteger(newSize) || newSize < this.size)
-      throw new BridgeError('EINVAL', `cannot shrink volume ${this.volumeId} from ${this.size} to ${newSize} bytes`);
+    checkGrowth(this.header, newSize);
     if (newSize === this.size) return;
     const next = { ...this.header, size: newSize };
     await this.backend.put(HEADER_KEY, encodeHeader(next));
@@ -149,10 +156,12 @@ export class ChunkStoreDevice implements BlockDevice {
     if (!this.life.close()) return;
     try {
       await this.cache.close();
+      await this.hooks.beforeRelease?.();
       await this.lock?.release();
     } finally {
+      this.lock?.stop();
       await this.backend.close();
-      await this.afterClose?.();
+      await this.hooks.afterClose?.();
     }
   }
 

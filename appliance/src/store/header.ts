@@ -4,11 +4,16 @@
  * a key check (HMAC of the volume id under a second derived key) tells a wrong passphrase apart
  * from corrupt data before anything is read or written.
  */
-import { createHmac, randomBytes, scrypt, timingSafeEqual } from 'node:crypto';
+import { createHmac, hkdfSync, randomBytes, scrypt, timingSafeEqual } from 'node:crypto';
 import { z } from 'zod';
 import { BridgeError } from '../../../shared/src/errors.js';
 
-export const FORMAT_VERSION = 1;
+/**
+ * Version 2 (new volumes): chunk objects carry a write generation bound into their AAD, checked
+ * against an authenticated manifest (manifest.ts). Version 1 volumes still open, without it.
+ */
+export const FORMAT_VERSION = 2;
+const READABLE_VERSIONS = [1, 2];
 export const COMPRESSIONS = ['zstd', 'none'] as const;
 export const CIPHERS = ['aes-256-gcm', 'none'] as const;
 export type Compression = (typeof COMPRESSIONS)[number];
@@ -41,9 +46,22 @@ export function checkChunkSize(chunkSize: number): void {
   }
 }
 
+/** Throws EINVAL for a size that would shrink the volume or is not a byte count. */
+export function checkGrowth(header: VolumeHeader, size: number): void {
+  if (!Number.isSafeInteger(size) || size <= 0) throw new BridgeError('EINVAL', `new size ${size} must be a positive number of bytes`);
+  if (size < header.size) {
+    throw new BridgeError(
+      'EINVAL',
+      `refusing to shrink volume ${header.volumeId} from ${header.size} to ${size} bytes: the data past the new end would be lost (only growing is supported)`,
+    );
+  }
+}
+
 export interface Keys {
   /** AES-256-GCM key for chunks. */
   data: Buffer;
+  /** HMAC-SHA256 key of the manifest (derived from the data key by HKDF). */
+  manifest: Buffer;
 }
 
 export interface NewHeaderOptions {
@@ -77,7 +95,7 @@ export async function newHeader(o: NewHeaderOptions): Promise<{ header: VolumeHe
   header.kdf = kdf;
   const derived = await derive(o.passphrase, kdf);
   header.keyCheck = keyCheck(derived.check, header.volumeId);
-  return { header, keys: { data: derived.data } };
+  return { header, keys: keysFrom(derived.data, header.volumeId) };
 }
 
 /** Derives the keys of an existing volume; a wrong passphrase is EACCES. */
@@ -92,7 +110,12 @@ export async function unlock(header: VolumeHeader, passphrase: string | undefine
   if (want.length !== got.length || !timingSafeEqual(want, got)) {
     throw new BridgeError('EACCES', `wrong passphrase for volume ${header.volumeId} (key check failed); nothing was changed`);
   }
-  return { data: derived.data };
+  return keysFrom(derived.data, header.volumeId);
+}
+
+function keysFrom(data: Buffer, volumeId: string): Keys {
+  const manifest = Buffer.from(hkdfSync('sha256', data, Buffer.from(volumeId, 'hex'), 'bridge-store manifest', 32));
+  return { data, manifest };
 }
 
 async function derive(passphrase: string, kdf: NonNullable<VolumeHeader['kdf']>): Promise<{ data: Buffer; check: Buffer }> {
@@ -124,8 +147,8 @@ export function decodeHeader(data: Buffer, location: string): VolumeHeader {
   if (!r.success)
     throw new BridgeError('EIO', `${location}: volume header is invalid: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
   const h = r.data;
-  if (h.version !== FORMAT_VERSION)
-    throw new BridgeError('ENOTSUP', `${location}: volume format version ${h.version} is not supported (this build reads ${FORMAT_VERSION})`);
+  if (!READABLE_VERSIONS.includes(h.version))
+    throw new BridgeError('ENOTSUP', `${location}: volume format version ${h.version} is not supported (this build reads ${READABLE_VERSIONS.join(' and ')})`);
   checkChunkSize(h.chunkSize);
   return h;
 }

@@ -5,6 +5,7 @@
  *   backend-dir.ts / backend-s3.ts   objects in a directory or an S3 bucket
  *   retry.ts                         retries transient store errors with backoff
  *   codec.ts + chunks.ts             zero detection → zstd → AES-256-GCM, per chunk
+ *   codec-pool.ts                    the codec on worker threads
  *   journal.ts + cache.ts            local disk + memory cache, write-back, crash-safe journal
  *   device.ts                        the BlockDevice
  *
@@ -12,18 +13,21 @@
  * defaultCacheDir. Options are documented in docs/store.md.
  */
 import { promises as fsp } from 'node:fs';
-import { homedir } from 'node:os';
+import { availableParallelism, homedir } from 'node:os';
 import { join } from 'node:path';
 import { BridgeError, errorMessage } from '../../../shared/src/errors.js';
 import { logger, type Logger } from '../../../shared/src/logger.js';
 import { CHUNK_PREFIX, chunkIndexOf, HEADER_KEY, parseStoreLocation, type ObjectBackend } from './backend.js';
 import { DirBackend } from './backend-dir.js';
 import { ChunkCache } from './cache.js';
-import { ChunkStore } from './chunks.js';
-import { ChunkCodec } from './codec.js';
+import { ChunkStore, rolledBack } from './chunks.js';
+import { CodecPool } from './codec-pool.js';
 import { ChunkStoreDevice, type ChunkStoreStats } from './device.js';
-import { decodeHeader, encodeHeader, newHeader, unlock, type Cipher, type Compression, type VolumeHeader } from './header.js';
+import { checkGrowth, decodeHeader, encodeHeader, newHeader, unlock, type Cipher, type Compression, type VolumeHeader } from './header.js';
 import { Journal } from './journal.js';
+import { takeCacheIndex, type IndexedSlot } from './cache-index.js';
+import { cacheIsCurrent, readCacheSession, readWriter, writeCacheSession, writeWriter } from './session.js';
+import { Manifest, startCheckpoints } from './manifest.js';
 import { readLock, StoreLock, type LockInfo } from './lock.js';
 import { RetryingBackend, type RetryOptions } from './retry.js';
 
@@ -70,11 +74,19 @@ export interface OpenStoreOptions extends StoreLocationOptions {
   readOnly?: boolean;
   /** Remove a stale writer lock left by a process that is gone. */
   breakLock?: boolean;
+  /** Lease of the writer lock: renewed every third of it; taken over after it expires (default 30 s). */
+  leaseMs?: number;
   uploadConcurrency?: number;
   downloadConcurrency?: number;
   /** Chunks read ahead on sequential reads (default 8 MiB worth; 0 disables). */
   readAhead?: number;
   writeDelayMs?: number;
+  /** Worker threads that compress, encrypt and decrypt chunks (default: one per core, at most 4; 0: main thread). */
+  codecThreads?: number;
+}
+
+export function defaultCodecThreads(): number {
+  return Math.min(4, availableParallelism());
 }
 
 export const DEFAULT_CHUNK_SIZE = 128 * 1024;
@@ -139,19 +151,32 @@ export async function openStore(o: OpenStoreOptions): Promise<ChunkStoreDevice> 
   const backend = await openBackend(o);
   let lock: StoreLock | undefined;
   let journal: Journal | undefined;
+  let codec: CodecPool | undefined;
   try {
     const header = await readHeader(backend);
     // Before anything changes: a wrong passphrase stops here.
     const keys = await unlock(header, o.passphrase);
-    const codec = new ChunkCodec(header, keys);
-    if (!readOnly) lock = await StoreLock.acquire(backend, { log, ...(o.breakLock ? { breakLock: true } : {}) });
+    codec = new CodecPool(header, keys, o.codecThreads ?? defaultCodecThreads(), log);
+    const manifest = header.version >= 2 && keys ? await Manifest.load(backend, header, keys.manifest) : undefined;
+    if (!readOnly) {
+      lock = await StoreLock.acquire(backend, { log, ...(o.breakLock ? { breakLock: true } : {}), ...(o.leaseMs ? { leaseMs: o.leaseMs } : {}) });
+      // Renewed from here on, also while the journal is replayed.
+      lock.startHeartbeat();
+    }
     const base = o.cacheDir ?? defaultCacheDir(header.volumeId);
     // A reader gets a private cache of its own, so it never touches a writer's journal.
     const dir = readOnly ? join(base, 'readers', `${process.pid}-${Date.now()}`) : base;
     await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
     const opened = await Journal.open(dir, header.volumeId, header.chunkSize);
     journal = opened.journal;
-    const store = new ChunkStore(backend, codec, header.chunkSize, log);
+    const store = new ChunkStore(backend, codec, header.chunkSize, log, header.volumeId);
+    store.manifest = manifest;
+    const warm = lock ? await startSession(backend, dir, header, lock.info.id, opened.pending.size, store) : undefined;
+    // No upload or delete once the lease is lost: another writer may own the volume then.
+    const held = lock;
+    if (held) store.guard = () => held.check();
+    if (held && manifest) manifest.guard = store.guard;
+    const stopCheckpoints = manifest && lock ? startCheckpoints(manifest, log) : undefined;
     await store.scan();
     const cacheSize = o.cacheSize ?? DEFAULT_CACHE_SIZE;
     const cache = await ChunkCache.open(
@@ -166,18 +191,109 @@ export async function openStore(o: OpenStoreOptions): Promise<ChunkStoreDevice> 
         ...(o.downloadConcurrency !== undefined ? { downloadConcurrency: o.downloadConcurrency } : {}),
         ...(o.readAhead !== undefined ? { readAhead: o.readAhead } : {}),
         ...(o.writeDelayMs !== undefined ? { writeDelayMs: o.writeDelayMs } : {}),
+        ...(lock ? { session: lock.info.id } : {}),
       },
       log,
+      warm,
     );
     log.info('volume opened', { location: backend.location, volumeId: header.volumeId, size: header.size, cacheDir: dir, readOnly });
-    const cleanup = readOnly ? () => fsp.rm(dir, { recursive: true, force: true }) : undefined;
-    return new ChunkStoreDevice(header, backend, store, cache, lock, readOnly, log, cleanup);
+    const pool = codec;
+    const session = lock?.info.id;
+    return new ChunkStoreDevice(header, backend, store, cache, lock, readOnly, log, {
+      beforeRelease: async () => {
+        stopCheckpoints?.();
+        if (!manifest || !session) return;
+        await manifest.checkpoint();
+        await writeCacheSession(dir, { session, manifest: manifest.version });
+      },
+      afterClose: async () => {
+        stopCheckpoints?.();
+        await pool.close();
+        if (readOnly) await fsp.rm(dir, { recursive: true, force: true });
+      },
+    });
   } catch (e) {
+    await codec?.close();
     await journal?.close().catch(() => undefined);
     await lock?.release().catch(() => undefined);
+    lock?.stop();
     await backend.close();
     throw e;
   }
+}
+
+/**
+ * Grows a volume that is not open: checks the passphrase, takes the writer lock, rewrites the
+ * header. Shrinking is refused (the chunks past the new end would be lost). An open volume grows
+ * with `device.resize(newSize)`.
+ */
+export async function resizeStore(o: StoreLocationOptions & { passphrase?: string; size: number; breakLock?: boolean }): Promise<VolumeHeader> {
+  const log = (o.log ?? logger()).child({ component: 'store' });
+  const backend = await openBackend(o);
+  try {
+    const header = await readHeader(backend);
+    await unlock(header, o.passphrase);
+    checkGrowth(header, o.size);
+    if (o.size === header.size) return header;
+    const lock = await StoreLock.acquire(backend, { log, ...(o.breakLock ? { breakLock: true } : {}) });
+    try {
+      // Read again under the lock: a writer may have grown it meanwhile.
+      const current = await readHeader(backend);
+      checkGrowth(current, o.size);
+      const next = { ...current, size: o.size };
+      await backend.put(HEADER_KEY, encodeHeader(next));
+      log.info('volume grown', { location: backend.location, volumeId: next.volumeId, from: current.size, size: next.size });
+      return next;
+    } finally {
+      await lock.release();
+    }
+  } finally {
+    await backend.close();
+  }
+}
+
+/**
+ * Starts writer session `session` in cache `dir` (session.ts): refuses a journal that an older
+ * session left when another session wrote the volume since (replaying it would overwrite newer
+ * data), takes the cache index of the last clean stop when no one wrote since, then records the
+ * new session in the cache directory and in the store.
+ */
+async function startSession(
+  backend: ObjectBackend,
+  dir: string,
+  header: VolumeHeader,
+  session: string,
+  pending: number,
+  store: ChunkStore,
+): Promise<IndexedSlot[] | undefined> {
+  const writer = await readWriter(backend);
+  const mine = await readCacheSession(dir);
+  const manifest = store.manifest;
+  if (manifest && mine.manifest !== undefined && manifest.version < mine.manifest) {
+    throw new BridgeError(
+      'EIO',
+      `the manifest of volume ${header.volumeId} at ${backend.location} is version ${manifest.version}, older than version ${mine.manifest} ` +
+        `that the cache in ${dir} saw: the volume was rolled back to an earlier state. Nothing was changed.`,
+    );
+  }
+  const current = cacheIsCurrent(mine, writer);
+  if (pending && mine.session && !current) {
+    throw new BridgeError(
+      'EBUSY',
+      `the cache journal in ${dir} holds ${pending} chunks acknowledged by writer session ${mine.session}, but session ${writer!.session} ` +
+        `(pid ${writer!.pid} on ${writer!.host}, ${writer!.since}) wrote the volume since: replaying them would overwrite newer data. ` +
+        `Nothing was changed. To discard them, move ${join(dir, 'journal')} away and mount again.`,
+    );
+  }
+  const index = await takeCacheIndex(dir, header.volumeId, header.chunkSize);
+  const warm = index && current && writer?.session === index.session ? index.slots : undefined;
+  // Generations for this session, reserved (durably) before anything is uploaded.
+  if (manifest) store.useGenerations(await manifest.reserve(), () => manifest.reserve());
+  const seen = manifest ? { manifest: manifest.version } : {};
+  await writeCacheSession(dir, { ...(mine.session ? { session: mine.session } : {}), next: session, ...seen });
+  await writeWriter(backend, session);
+  await writeCacheSession(dir, { session, ...seen });
+  return warm;
 }
 
 export interface StoreInfo {
@@ -212,7 +328,9 @@ export async function fsckStore(o: StoreLocationOptions & { passphrase?: string;
   const backend = await openBackend(o);
   try {
     const header = await readHeader(backend);
-    const codec = new ChunkCodec(header, await unlock(header, o.passphrase));
+    const secrets = await unlock(header, o.passphrase);
+    const codec = new CodecPool(header, secrets, defaultCodecThreads(), log);
+    const manifest = header.version >= 2 && secrets ? await Manifest.load(backend, header, secrets.manifest) : undefined;
     const report: FsckReport = { location: backend.location, volumeId: header.volumeId, checked: 0, storedBytes: 0, bad: [], stray: [] };
     const keys: { key: string; index: number }[] = [];
     const chunks = Math.ceil(header.size / header.chunkSize);
@@ -231,7 +349,9 @@ export async function fsckStore(o: StoreLocationOptions & { passphrase?: string;
         try {
           const obj = await backend.get(key);
           if (!obj) continue;
-          await codec.decode(index, obj, key);
+          const { gen } = await codec.decode(index, obj, key);
+          const want = manifest?.expected(index) ?? 0;
+          if (gen < want) throw rolledBack(index, key, gen, want);
         } catch (e) {
           log.error('bad chunk', { chunk: index, key, error: errorMessage(e) });
           report.bad.push({ chunk: index, key, error: errorMessage(e) });
@@ -239,7 +359,11 @@ export async function fsckStore(o: StoreLocationOptions & { passphrase?: string;
         report.checked++;
       }
     };
-    await Promise.all(Array.from({ length: o.concurrency ?? 8 }, worker));
+    try {
+      await Promise.all(Array.from({ length: o.concurrency ?? 8 }, worker));
+    } finally {
+      await codec.close();
+    }
     report.bad.sort((a, b) => a.chunk - b.chunk);
     return report;
   } finally {

@@ -60,6 +60,9 @@ export class RetryingBackend implements ObjectBackend {
   putIfAbsent(key: string, data: Uint8Array): Promise<boolean> {
     return this.retry(`PUT ${key}`, () => this.inner.putIfAbsent(key, data));
   }
+  async atomicCreate(): Promise<boolean> {
+    return this.inner.atomicCreate ? this.retry('conditional create probe', () => this.inner.atomicCreate!()) : false;
+  }
   delete(key: string): Promise<void> {
     return this.retry(`DELETE ${key}`, () => this.inner.delete(key));
   }
