@@ -6,7 +6,7 @@
  * a change made to the source by someone else (a conflict, not clobbered), the journal's recovery of
  * a plan a crash interrupted, and --read-only's EROFS.
  */
-import { mkdtempSync, promises as fsp, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, promises as fsp, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -73,13 +73,59 @@ describe('FAT32 write-back: hostile writes', () => {
     expect((await fsp.readdir(dir)).sort()).toEqual(['src']);
   };
 
-  it('deletes a file whose entries the host marked deleted (positive control)', async () => {
-    const at = vol!.directoryEntryOffset(entry('hello.txt'));
+  it('deletes a file whose entries the host marked deleted and whose chain it freed (positive control)', async () => {
+    const i = entry('hello.txt');
+    const at = vol!.directoryEntryOffset(i);
     await vol!.write(Buffer.from([0xe5]), at - 32);
     await vol!.write(Buffer.from([0xe5]), at);
+    await setFat(vol!.snapshot.entries.firstCluster[i]!, 0);
     await vol!.flush();
     const after = await readTree(src);
     expect([...after.keys()].sort()).toEqual([...before.keys()].filter((k) => k !== 'hello.txt').sort());
+    expect(vol!.report().writeBack?.applied.deleted).toBe(1);
+  });
+
+  it('keeps aside an entry that left every directory while its chain stays allocated, until it reappears or is freed', async () => {
+    const g = vol!.geometry;
+    const t = vol!.snapshot.entries;
+    const i = entry('Data File.bin');
+    const first = t.firstCluster[i]!;
+    const original = before.get('Data File.bin') as Buffer;
+    // A move written in two steps (as Linux vfat may): first the old entry goes...
+    const at = vol!.directoryEntryOffset(i);
+    await vol!.write(Buffer.from([0xe5]), at - 32);
+    await vol!.write(Buffer.from([0xe5]), at);
+    await vol!.flush();
+    expect((await readTree(src)).has('Data File.bin')).toBe(false);
+    const parked = join(src, '.bridge-fat32', `orphan-${first}`);
+    expect(await fsp.readFile(parked)).toEqual(original);
+    expect(vol!.report().writeBack?.applied.deleted).toBe(0);
+    // ...then the new one, in another directory, with the same first cluster.
+    const sub = entry('Sub');
+    const slot = Buffer.alloc(3 * 32);
+    const off = writeLfnEntries(slot, 0, 'Moved File.bin', 'MOVEDF~1BIN');
+    writeShortEntry(slot, off, {
+      name: 'MOVEDF~1BIN',
+      attr: 0x20,
+      firstCluster: first,
+      size: original.length,
+      mtimeMs: Date.now(),
+      atimeMs: Date.now(),
+      birthtimeMs: Date.now(),
+    });
+    await vol!.write(slot, clusterOffset(g, t.firstCluster[sub]!) + t.dirSlots[sub]! * 32);
+    await vol!.flush();
+    expect(await fsp.readFile(join(src, 'Sub', 'Moved File.bin'))).toEqual(original);
+    expect(existsSync(parked)).toBe(false);
+    expect(await read(clusterOffset(g, first), original.length)).toEqual(original);
+    // Deleted for real (entry and chain): gone.
+    const movedAt = clusterOffset(g, t.firstCluster[sub]!) + t.dirSlots[sub]! * 32;
+    await vol!.write(Buffer.from([0xe5]), movedAt);
+    await vol!.write(Buffer.from([0xe5]), movedAt + 32);
+    await vol!.write(Buffer.from([0xe5]), movedAt + off);
+    for (let c = first; c < first + 3; c++) await setFat(c, 0);
+    await vol!.flush();
+    expect([...(await readTree(src)).keys()].sort()).toEqual(['Sub', 'Sub/Inner File.txt', 'hello.txt']);
     expect(vol!.report().writeBack?.applied.deleted).toBe(1);
   });
 

@@ -57,6 +57,8 @@ export interface VNode {
   snap: number;
   /** The source file as the write-back last saw it (files only). */
   ident: Ident | undefined;
+  /** Set on a parked orphan (no parent): where it lies in the journal directory. */
+  parkedAt?: string;
 }
 
 /** The applied view at start: the snapshot itself. */
@@ -86,11 +88,20 @@ export function viewFromSnapshot(t: EntryTable): VNode {
   return nodes[0]!;
 }
 
-/** Source path of a node relative to the source root. */
+/** Source path of a node relative to the source root (for a parked orphan, relative to its parking place). */
 export function relPath(n: VNode): string {
   const parts: string[] = [];
   for (let v: VNode | undefined = n; v?.parent; v = v.parent) parts.push(v.src);
   return parts.reverse().join('/');
+}
+
+/** Absolute path of a node: in the source tree, or under its parked ancestor in the journal directory. */
+export function nodePath(n: VNode, sourceRoot: string): string {
+  let top = n;
+  while (top.parent) top = top.parent;
+  const rel = relPath(n);
+  const base = top.parkedAt ?? sourceRoot;
+  return rel ? join(base, rel) : base;
 }
 
 function depth(n: VNode): number {
@@ -114,6 +125,15 @@ export interface PlanInput {
   read: ReadFn;
   journal: Journal;
   sourceRoot: string;
+  /** Entries parked by earlier plans (see `lost`). */
+  orphans: VNode[];
+  /**
+   * True when the host's FAT still allocates `cluster` but no entry reaches it (a lost chain). An
+   * applied entry whose first cluster is lost is parked, not deleted: hosts such as Linux vfat write
+   * the directory sector that drops an entry before the one that adds it back (a move), so a
+   * flush in between sees the entry gone while its data is still allocated.
+   */
+  lost: (cluster: number) => Promise<boolean>;
 }
 
 export interface PlanResult {
@@ -127,6 +147,10 @@ export interface PlanResult {
   restat: VNode[];
   /** Snapshot entries whose source file changed or went away. */
   touchedSnaps: number[];
+  /** Parked entries after the plan (each with `parkedAt`, no parent). */
+  orphans: VNode[];
+  /** Entries parked by this plan: [volume path, parking path]. */
+  parked: [string, string][];
   counts: { created: number; deleted: number; moved: number; written: number; bytes: number };
 }
 
@@ -160,13 +184,15 @@ function clusterList(runs: number[], limit: number): number[] {
 export async function makePlan(input: PlanInput): Promise<PlanResult> {
   const { old, parsed, g, dirty, read, journal, sourceRoot } = input;
   const cs = g.clusterSize;
-  const abs = (n: VNode): string => join(sourceRoot, relPath(n));
+  const abs = (n: VNode): string => nodePath(n, sourceRoot);
   const result: PlanResult = {
     ops: [],
     root: undefined as unknown as VNode,
     conflicts: [],
     restat: [],
     touchedSnaps: [],
+    orphans: [],
+    parked: [],
     counts: { created: 0, deleted: 0, moved: 0, written: 0, bytes: 0 },
   };
 
@@ -174,7 +200,7 @@ export async function makePlan(input: PlanInput): Promise<PlanResult> {
   const oldByCluster = new Map<number, VNode>();
   const oldAll: VNode[] = [];
   {
-    const stack = [old];
+    const stack = [old, ...input.orphans];
     while (stack.length) {
       const n = stack.pop()!;
       oldAll.push(n);
@@ -230,7 +256,29 @@ export async function makePlan(input: PlanInput): Promise<PlanResult> {
   const moved = new Map<VNode, string>(); // new node → parking path
   const vacated = new Set<string>();
   const vacate: { o: VNode; to?: string; node?: VNode }[] = [];
-  for (const o of oldAll) if (!claimed.has(o)) vacate.push({ o });
+  // Unclaimed entries whose chain is still allocated are parked (or stay parked) with their subtree;
+  // unclaimed entries inside a parked subtree stay where they are; the others are deleted.
+  const parkedNow = new Map<VNode, string>();
+  const staysParked = new Set<VNode>();
+  /** True when a parked entry lies between `o` and the nearest ancestor the host still shows. */
+  const inParked = (o: VNode): boolean => {
+    for (let a = o.parent; a; a = a.parent) {
+      if (staysParked.has(a)) return true;
+      if (claimed.has(a)) return false;
+    }
+    return false;
+  };
+  for (const o of oldAll) {
+    // oldAll lists parents before children, so an ancestor's parking is known here.
+    if (claimed.has(o) || o.firstCluster === 0 || inParked(o) || !(await input.lost(o.firstCluster))) continue;
+    staysParked.add(o);
+    if (!o.parkedAt) parkedNow.set(o, journal.staged(`orphan-${o.firstCluster}`));
+  }
+  for (const o of oldAll) {
+    if (claimed.has(o) || staysParked.has(o) || inParked(o)) continue;
+    vacate.push({ o });
+  }
+  for (const [o, to] of parkedNow) vacate.push({ o, to });
   let park = 0;
   for (const pr of pairs) {
     const m = pr.old;
@@ -251,7 +299,8 @@ export async function makePlan(input: PlanInput): Promise<PlanResult> {
     if (v.to) {
       vacateOps.push({ op: 'rename', from: path, to: v.to });
       vacated.add(path);
-      result.counts.moved++;
+      if (v.node) result.counts.moved++;
+      else result.parked.push([relPath(v.o), v.to]);
       continue;
     }
     if (v.o.isDir) {
@@ -397,9 +446,24 @@ export async function makePlan(input: PlanInput): Promise<PlanResult> {
       const roChanged = (m.attr & ATTR_READ_ONLY) !== (node.attr & ATTR_READ_ONLY);
       const chainSame = sameRuns(m.runs, node.runs);
       if (chainSame && node.size === m.size && !timesChanged && !roChanged && !anyDirty(node.runs)) continue;
+      // The source file must still be what the write-back last saw (checked at its old path: nothing moved yet),
+      // before any of its clusters is read: the read path refuses (EIO) a file changed by someone else.
+      const st = await lstatOrUndefined(abs(m));
+      const id = m.ident;
+      if (!st || !st.isFile() || (id && (st.ino !== id.ino || st.size !== id.size || st.mtimeMs !== id.mtimeMs))) {
+        result.conflicts.push({
+          path: relPath(node),
+          detail: st
+            ? "changed in the source since the volume showed it: the host's change is not applied"
+            : "gone from the source: the host's change is not applied",
+        });
+        continue;
+      }
       const indices: number[] = [];
       if (!chainSame || node.size !== m.size || anyDirty(node.runs)) {
-        const oldList = clusterList(m.runs, Infinity);
+        // Only the clusters that held the old size's data: a host may have grown the chain before the
+        // size (vfat allocates first), and clusters past the old size hold nothing of the source file.
+        const oldList = clusterList(m.runs, Math.ceil(m.size / cs));
         const newList = clusterList(node.runs, need);
         let k = 0;
         while (k < newList.length && k < oldList.length && newList[k] === oldList[k]) k++;
@@ -415,18 +479,6 @@ export async function makePlan(input: PlanInput): Promise<PlanResult> {
         indices.sort((x, y) => x - y);
       }
       if (indices.length === 0 && node.size === m.size && !timesChanged && !roChanged) continue;
-      // The source file must still be what the write-back last saw (checked at its old path: nothing moved yet).
-      const st = await lstatOrUndefined(abs(m));
-      const id = m.ident;
-      if (!st || !st.isFile() || (id && (st.ino !== id.ino || st.size !== id.size || st.mtimeMs !== id.mtimeMs))) {
-        result.conflicts.push({
-          path: relPath(node),
-          detail: st
-            ? "changed in the source since the volume showed it: the host's change is not applied"
-            : "gone from the source: the host's change is not applied",
-        });
-        continue;
-      }
       if (indices.length) {
         await ready();
         blob ??= await fsp.open(journal.blobPath, 'w');
@@ -455,5 +507,23 @@ export async function makePlan(input: PlanInput): Promise<PlanResult> {
     await blob.close();
   }
   if (result.ops.some((o) => o.op === 'rename') && !journalReady) await ready();
+  // The parked entries of the new view: detached, found through their parking place; children that
+  // left them (claimed by the host elsewhere) are no longer theirs.
+  for (const o of staysParked) {
+    const at = parkedNow.get(o);
+    if (at) {
+      o.parkedAt = at;
+      o.parent = undefined;
+    }
+    const stack = [o];
+    while (stack.length) {
+      const n = stack.pop()!;
+      for (const [k, c] of n.children) {
+        if (claimed.has(c)) n.children.delete(k);
+        else stack.push(c);
+      }
+    }
+    result.orphans.push(o);
+  }
   return result;
 }

@@ -33,6 +33,10 @@ export interface ParsedVolume {
   problems: string[];
   /** Clusters counted in chains. */
   usedClusters: number;
+  /** True when a chain reachable from the root uses `cluster`. */
+  reachable(cluster: number): boolean;
+  /** FAT 1's entry for `cluster` (28 bits). */
+  fatEntry(cluster: number): Promise<number>;
 }
 
 export type ReadFn = (target: Buffer, offset: number) => Promise<void>;
@@ -138,7 +142,9 @@ export async function parseVolume(read: ReadFn, g: Geometry, options: ParseOptio
 
   const root: ParsedNode = { name: '', isDir: true, attr: ATTR_DIRECTORY, firstCluster: ROOT_CLUSTER, size: 0, mdate: 0, mtime: 0, runs: [], children: [] };
   const rootRuns = await follow(ROOT_CLUSTER, '/');
-  if (typeof rootRuns === 'string') return { root, problems: [rootRuns], usedClusters };
+  const reachable = (c: number): boolean => c >= ROOT_CLUSTER && c <= maxCluster && (used[c >> 3]! & (1 << (c & 7))) !== 0;
+  const fatEntry = (c: number): Promise<number> => fat.get(c);
+  if (typeof rootRuns === 'string') return { root, problems: [rootRuns], usedClusters, reachable, fatEntry };
   root.runs = rootRuns;
   const queue: { node: ParsedNode; path: string }[] = [{ node: root, path: '' }];
   const clusterBuf = Buffer.alloc(g.clusterSize);
@@ -240,5 +246,5 @@ export async function parseVolume(read: ReadFn, g: Geometry, options: ParseOptio
       }
     }
   }
-  return { root, problems, usedClusters };
+  return { root, problems, usedClusters, reachable, fatEntry };
 }

@@ -11,10 +11,9 @@
  * be served by this same process).
  */
 import { promises as fsp } from 'node:fs';
-import { join } from 'node:path';
 import { BridgeError, errorMessage } from '../../../shared/src/errors.js';
 import type { Logger } from '../../../shared/src/logger.js';
-import { makePlan, relPath, viewFromSnapshot, type VNode } from './diff.js';
+import { makePlan, nodePath, viewFromSnapshot, type VNode } from './diff.js';
 import type { Journal } from './journal.js';
 import { SECTOR, type Geometry } from './layout.js';
 import type { Overlay } from './overlay.js';
@@ -62,6 +61,8 @@ export class WriteBack {
   /** Data clusters written since the last apply. */
   readonly dirty = new Set<number>();
   private view: VNode | undefined;
+  /** Entries the host left unreachable while their clusters stay allocated, kept in the journal directory. */
+  private orphans: VNode[] = [];
   private snapNodes = new Map<number, VNode>();
   private flushing: Promise<void> | undefined;
   private readonly stats = { created: 0, deleted: 0, moved: 0, written: 0, bytes: 0 };
@@ -90,7 +91,7 @@ export class WriteBack {
     if (!this.view) return undefined;
     const n = this.snapNodes.get(entry);
     if (!n || !n.ident) return null;
-    return { path: join(this.host.snapshot.source, relPath(n)), size: n.ident.size, mtimeMs: n.ident.mtimeMs, ino: n.ident.ino };
+    return { path: nodePath(n, this.host.snapshot.source), size: n.ident.size, mtimeMs: n.ident.mtimeMs, ino: n.ident.ino };
   }
 
   markWritten(offset: number, length: number): void {
@@ -150,23 +151,26 @@ export class WriteBack {
       this.log.error('write-back suspended', { reason: boot });
       return;
     }
-    this.view ??= viewFromSnapshot(h.snapshot.entries);
+    const view = this.view ?? this.adopt(viewFromSnapshot(h.snapshot.entries), []);
     const parsed = await parseVolume(h.readView, h.geometry, { reservedRootName: this.journal.inSource ? this.journal.name : undefined });
     if (parsed.problems.length) return this.hold(parsed.problems);
     const plan = await makePlan({
-      old: this.view,
+      old: view,
       parsed: parsed.root,
       g: h.geometry,
       dirty: this.dirty,
       read: h.readView,
       journal: this.journal,
       sourceRoot: h.snapshot.source,
+      orphans: this.orphans,
+      lost: async (c) => !parsed.reachable(c) && (await parsed.fatEntry(c)) !== 0,
     });
     if (plan.hold) {
       await this.journal.finish();
       return this.hold([plan.hold]);
     }
     if (plan.ops.length) {
+      if (this.log.enabled('debug')) this.log.debug('write-back plan', { ops: plan.ops.map((o) => JSON.stringify(o)), dirty: [...this.dirty].join(',') });
       await this.journal.commit(plan.ops);
       try {
         const notes = await this.journal.run(plan.ops);
@@ -183,9 +187,10 @@ export class WriteBack {
     } else await this.journal.finish();
     for (const n of plan.restat) {
       try {
-        const st = await fsp.lstat(join(h.snapshot.source, relPath(n)));
+        const st = await fsp.lstat(nodePath(n, h.snapshot.source));
         n.ident = { ino: st.ino, size: st.size, mtimeMs: st.mtimeMs };
-      } catch {
+      } catch (e) {
+        this.log.warn('write-back: a file it just wrote cannot be found', { path: nodePath(n, h.snapshot.source), error: errorMessage(e) });
         n.ident = undefined;
       }
     }
@@ -193,21 +198,48 @@ export class WriteBack {
       if (!this.conflicts.has(c.path)) this.log.warn('host change not applied: the source changed under it', c);
       this.conflicts.set(c.path, c.detail);
     }
-    this.view = plan.root;
-    this.snapNodes = new Map();
-    const stack = [plan.root];
-    while (stack.length) {
-      const n = stack.pop()!;
-      if (n.snap >= 0) this.snapNodes.set(n.snap, n);
-      for (const c of n.children.values()) stack.push(c);
-    }
+    for (const [path, at] of plan.parked)
+      this.log.info('entry unreachable on the volume but its clusters still allocated: kept aside until it reappears or is freed', { path, at });
+    this.adopt(plan.root, plan.orphans);
     for (const e of plan.touchedSnaps) h.forget(e);
     for (const k of Object.keys(this.stats) as (keyof typeof this.stats)[]) this.stats[k] += plan.counts[k];
+    // Clusters written in files the plan could not look at (inside parked entries) stay marked, for
+    // when they reappear; every other mark was applied.
+    const keep = this.dirtyInOrphans();
     this.dirty.clear();
+    for (const c of keep) this.dirty.add(c);
     h.overlay.writesSinceApply = 0;
     if (this.held) this.log.info('write-back resumed: the volume is consistent again');
     this.held = undefined;
     if (plan.ops.length) this.log.info('host changes applied to the source', { ops: plan.ops.length, ...plan.counts });
+  }
+
+  /** Makes `root` (and the parked entries) the applied view; the read path finds snapshot files through it. */
+  private adopt(root: VNode, orphans: VNode[]): VNode {
+    const snapNodes = new Map<number, VNode>();
+    const stack = [root, ...orphans];
+    while (stack.length) {
+      const n = stack.pop()!;
+      if (n.snap >= 0) snapNodes.set(n.snap, n);
+      for (const c of n.children.values()) stack.push(c);
+    }
+    this.view = root;
+    this.orphans = orphans;
+    this.snapNodes = snapNodes;
+    return root;
+  }
+
+  private dirtyInOrphans(): number[] {
+    if (this.orphans.length === 0 || this.dirty.size === 0) return [];
+    const out: number[] = [];
+    const stack = [...this.orphans];
+    while (stack.length) {
+      const n = stack.pop()!;
+      for (const c of n.children.values()) stack.push(c);
+      if (n.isDir) continue;
+      for (let i = 0; i < n.runs.length; i += 2) for (let c = n.runs[i]!; c < n.runs[i]! + n.runs[i + 1]!; c++) if (this.dirty.has(c)) out.push(c);
+    }
+    return out;
   }
 
   private hold(problems: string[]): void {
