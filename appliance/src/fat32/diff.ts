@@ -24,6 +24,7 @@
 import { promises as fsp } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { Op } from './apply.js';
+import type { SparseBitmap } from './bitmap.js';
 import { ATTR_READ_ONLY, fatTime } from './dirent.js';
 import type { EntryTable } from './entries.js';
 import type { Journal } from './journal.js';
@@ -120,7 +121,7 @@ export interface PlanInput {
   parsed: ParsedNode;
   g: Geometry;
   /** Data clusters written since the last apply. */
-  dirty: Set<number>;
+  dirty: SparseBitmap;
   /** Reads the host's view (overlay over synthesized bytes). */
   read: ReadFn;
   journal: Journal;
@@ -151,6 +152,8 @@ export interface PlanResult {
   orphans: VNode[];
   /** Entries parked by this plan: [volume path, parking path]. */
   parked: [string, string][];
+  /** Files whose data the source holds as the host's view shows it once the plan ran (not conflicts). */
+  settled: VNode[];
   counts: { created: number; deleted: number; moved: number; written: number; bytes: number };
 }
 
@@ -193,6 +196,7 @@ export async function makePlan(input: PlanInput): Promise<PlanResult> {
     touchedSnaps: [],
     orphans: [],
     parked: [],
+    settled: [],
     counts: { created: 0, deleted: 0, moved: 0, written: 0, bytes: 0 },
   };
 
@@ -352,7 +356,7 @@ export async function makePlan(input: PlanInput): Promise<PlanResult> {
   /** True when a data cluster of the chain was written since the last apply. */
   const anyDirty = (runs: number[]): boolean => {
     if (dirty.size === 0) return false;
-    for (const d of dirty) for (let i = 0; i < runs.length; i += 2) if (d >= runs[i]! && d < runs[i]! + runs[i + 1]!) return true;
+    for (let i = 0; i < runs.length; i += 2) if (dirty.any(runs[i]!, runs[i]! + runs[i + 1]!)) return true;
     return false;
   };
   /** The indices among `indices` whose view bytes differ from the file at `path` (all of them when it cannot be read). */
@@ -432,6 +436,7 @@ export async function makePlan(input: PlanInput): Promise<PlanResult> {
         metaOps.push({ op: 'times', path, mtimeMs: fatToMs(p.mdate, p.mtime) });
         if (node.attr & ATTR_READ_ONLY) metaOps.push({ op: 'mode', path, readOnly: true });
         result.restat.push(node);
+        result.settled.push(node);
         continue;
       }
       const park = moved.get(node);
@@ -459,6 +464,7 @@ export async function makePlan(input: PlanInput): Promise<PlanResult> {
         });
         continue;
       }
+      result.settled.push(node);
       const indices: number[] = [];
       if (!chainSame || node.size !== m.size || anyDirty(node.runs)) {
         // Only the clusters that held the old size's data: a host may have grown the chain before the

@@ -120,9 +120,9 @@ export class Journal {
 
   /**
    * Completes a plan a crash interrupted (called before the source is scanned). Returns the number of
-   * operations run, or 0 when there was nothing to complete.
+   * operations run (0 when the plan had finished all of them), or undefined when there was no plan.
    */
-  async recover(): Promise<number> {
+  async recover(): Promise<number | undefined> {
     let text: string;
     try {
       text = await fsp.readFile(join(this.dir, 'plan.json'), 'utf8');
@@ -130,7 +130,7 @@ export class Journal {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
       // No committed plan: whatever is there is staging of a flush that was never acknowledged.
       await this.clear();
-      return 0;
+      return undefined;
     }
     let plan: PlanFile;
     try {
