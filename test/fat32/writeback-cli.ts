@@ -18,7 +18,9 @@ export interface Served {
 
 export async function serve(src: string, mnt: string, extra: string[] = []): Promise<Served> {
   if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run "npx tsc -b" first`);
-  const child = spawn(process.execPath, [CLI, 'fat32', 'serve', '--source', src, '--size', '256M', '--json', ...extra, mnt], {
+  // BRIDGE_WB_DEBUG=1: the agent logs every plan (its stderr is in the failure messages).
+  const log = process.env.BRIDGE_WB_DEBUG === '1' ? ['--log-level', 'debug'] : [];
+  const child = spawn(process.execPath, [CLI, ...log, 'fat32', 'serve', '--source', src, '--size', '256M', '--json', ...extra, mnt], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const exited = new Promise<number | null>((res) => child.on('exit', (code) => res(code)));

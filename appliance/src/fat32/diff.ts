@@ -60,6 +60,17 @@ export interface VNode {
   ident: Ident | undefined;
   /** Set on a parked orphan (no parent): where it lies in the journal directory. */
   parkedAt?: string;
+  /** Set once a plan's commit replaced this node by another (same entry, new state): follow it. */
+  replacedBy?: VNode;
+  /** Set once the entry left the applied view (deleted, or kept in the source for a conflict). */
+  gone?: boolean;
+}
+
+/** The node that stands for `n` now (nodes are replaced, not changed, when a plan commits). */
+export function current(n: VNode): VNode {
+  let v = n;
+  while (v.replacedBy) v = v.replacedBy;
+  return v;
 }
 
 /** The applied view at start: the snapshot itself. */
@@ -117,8 +128,14 @@ export function fatToMs(date: number, time: number): number {
 }
 
 export interface PlanInput {
+  /** The applied view's root. */
   old: VNode;
-  parsed: ParsedNode;
+  /** Applied entries with a first cluster (in the tree and parked), by first cluster; updated by `commit`. */
+  byHead: Map<number, VNode>;
+  /** Host directories (first clusters) whose entries may differ from the applied view. */
+  changed: Iterable<number>;
+  /** The host's parsed directories. */
+  host: { dir(head: number): { node: ParsedNode; parent: number | undefined } | undefined };
   g: Geometry;
   /** Data clusters written since the last apply. */
   dirty: SparseBitmap;
@@ -154,6 +171,10 @@ export interface PlanResult {
   parked: [string, string][];
   /** Files whose data the source holds as the host's view shows it once the plan ran (not conflicts). */
   settled: VNode[];
+  /** Applied entries the new view no longer holds (deleted, or kept in the source for a conflict). */
+  deletedNodes: VNode[];
+  /** Makes the new view the applied one (call once the plan ran): nodes replaced, `byHead` updated. */
+  commit: () => void;
   counts: { created: number; deleted: number; moved: number; written: number; bytes: number };
 }
 
@@ -185,7 +206,7 @@ function clusterList(runs: number[], limit: number): number[] {
 }
 
 export async function makePlan(input: PlanInput): Promise<PlanResult> {
-  const { old, parsed, g, dirty, read, journal, sourceRoot } = input;
+  const { old, g, dirty, read, journal, sourceRoot } = input;
   const cs = g.clusterSize;
   const abs = (n: VNode): string => nodePath(n, sourceRoot);
   const result: PlanResult = {
@@ -197,36 +218,65 @@ export async function makePlan(input: PlanInput): Promise<PlanResult> {
     orphans: [],
     parked: [],
     settled: [],
+    deletedNodes: [],
+    commit: () => undefined,
     counts: { created: 0, deleted: 0, moved: 0, written: 0, bytes: 0 },
   };
 
-  // 1. Match the host's entries to applied ones.
-  const oldByCluster = new Map<number, VNode>();
-  const oldAll: VNode[] = [];
-  {
-    const stack = [old, ...input.orphans];
-    while (stack.length) {
-      const n = stack.pop()!;
-      oldAll.push(n);
-      if (n.firstCluster !== 0) oldByCluster.set(n.firstCluster, n);
-      for (const c of n.children.values()) stack.push(c);
+  // 1. Match the host's entries to applied ones, in the directories that changed since the last apply.
+  const { byHead, host } = input;
+  const appliedDir = (h: number): VNode | undefined => {
+    if (h === ROOT_CLUSTER) return old;
+    const v = byHead.get(h);
+    return v?.isDir && !v.gone ? v : undefined;
+  };
+  // A directory the applied view does not hold where the host has it (new, moved, parked) is
+  // reached through its parent: the parent is diffed too.
+  const changed = new Set<number>();
+  for (const h of input.changed) if (host.dir(h)) changed.add(h);
+  for (const h of [...changed]) {
+    for (let x: number | undefined = h; x !== undefined && x !== ROOT_CLUSTER;) {
+      const hd: { node: ParsedNode; parent: number | undefined } = host.dir(x)!;
+      const v = appliedDir(x);
+      const parentHead: number | undefined = hd.parent;
+      if (v && !v.parkedAt && v.parent && parentHead !== undefined && v.parent === appliedDir(parentHead)) break;
+      if (parentHead === undefined) break;
+      changed.add(parentHead);
+      x = parentHead;
     }
   }
-  const claimed = new Set<VNode>([old]);
+  const claimed = new Set<VNode>();
   const matchOf = new Map<VNode, VNode>(); // new node → old node
-  const newRoot: VNode = { ...old, parent: undefined, children: new Map(), runs: parsed.runs };
-  matchOf.set(newRoot, old);
   const pairs: Pair[] = [];
-  const queue: { p: ParsedNode; n: VNode }[] = [{ p: parsed, n: newRoot }];
+  /** New nodes of clean directories: their children are the applied ones, re-parented at commit. */
+  const reusedChildren: VNode[] = [];
+  /** Diffed directories whose parent is not diffed: [new node, applied node]; replaced in place at commit. */
+  const tops: [VNode, VNode][] = [];
+  const queue: { p: ParsedNode; n: VNode }[] = [];
+  /** Applied directories whose entries were diffed. */
+  const processedOld: VNode[] = [];
+  let newRoot = old;
+  for (const h of changed) {
+    const hd = host.dir(h)!;
+    if (hd.parent !== undefined && changed.has(hd.parent)) continue;
+    const vd = appliedDir(h)!;
+    const nt: VNode = { ...vd, children: new Map(), runs: hd.node.runs };
+    claimed.add(vd);
+    matchOf.set(nt, vd);
+    if (h === ROOT_CLUSTER) newRoot = nt;
+    else tops.push([nt, vd]);
+    queue.push({ p: hd.node, n: nt });
+  }
   for (let q = 0; q < queue.length; q++) {
     const { p: pdir, n: ndir } = queue[q]!;
     const odir = matchOf.get(ndir);
+    if (odir) processedOld.push(odir);
     const srcNames = new Set<string>();
     for (const p of pdir.children) {
       let m: VNode | undefined;
-      if (p.firstCluster !== 0) m = oldByCluster.get(p.firstCluster);
+      if (p.firstCluster !== 0) m = byHead.get(p.firstCluster);
       else if (odir && !p.isDir) m = odir.children.get(foldCase(p.name));
-      if (m && (m.isDir !== p.isDir || claimed.has(m) || (p.firstCluster === 0 && m.firstCluster !== 0))) m = undefined;
+      if (m && (m.gone || m.isDir !== p.isDir || claimed.has(m) || (p.firstCluster === 0 && m.firstCluster !== 0))) m = undefined;
       if (m) claimed.add(m);
       const node: VNode = {
         name: p.name,
@@ -251,10 +301,78 @@ export async function makePlan(input: PlanInput): Promise<PlanResult> {
       ndir.children.set(foldCase(p.name), node);
       if (m) matchOf.set(node, m);
       pairs.push({ node, old: m, parsed: p });
-      if (p.isDir) queue.push({ p, n: node });
+      if (p.isDir) {
+        if (m && !changed.has(p.firstCluster)) {
+          // Unchanged inside: the applied subtree stays as it is.
+          node.children = m.children;
+          reusedChildren.push(node);
+        } else queue.push({ p, n: node });
+      }
     }
   }
   result.root = newRoot;
+  // New positions go through the new nodes of this plan (an ancestor may move while a directory
+  // below it changes too); old positions through the applied nodes.
+  const newOf = new Map<VNode, VNode>();
+  for (const [n, m] of matchOf) newOf.set(m, n);
+  const absNew = (n: VNode): string => {
+    const parts: string[] = [];
+    let top = n;
+    for (let v: VNode | undefined = n; v; v = v.parent && (newOf.get(v.parent) ?? v.parent)) {
+      top = v;
+      if (v.parent) parts.push(v.src);
+    }
+    const rel = parts.reverse().join('/');
+    const base = top.parkedAt ?? sourceRoot;
+    return rel ? join(base, rel) : base;
+  };
+  // Places are made parents first, across all diffed directories.
+  const depthNew = new Map<VNode, number>();
+  const dOf = (n: VNode): number => {
+    let d = depthNew.get(n);
+    if (d === undefined) {
+      d = 0;
+      for (let v = n.parent && (newOf.get(n.parent) ?? n.parent); v; v = v.parent && (newOf.get(v.parent) ?? v.parent)) d++;
+      depthNew.set(n, d);
+    }
+    return d;
+  };
+  pairs.sort((a, b) => dOf(a.node) - dOf(b.node));
+  // What the host may no longer show: the applied entries of the diffed directories that no host entry
+  // claimed, with their subtrees, and the parked entries (parents listed before children).
+  const oldAll: VNode[] = [];
+  {
+    // Only through unclaimed entries: a claimed directory's children were diffed or stay as they are.
+    const stack: VNode[] = input.orphans.filter((o) => !claimed.has(o));
+    for (const n of processedOld) for (const c of n.children.values()) if (!claimed.has(c)) stack.push(c);
+    const seen = new Set<VNode>();
+    while (stack.length) {
+      const n = stack.pop()!;
+      if (seen.has(n)) continue;
+      seen.add(n);
+      oldAll.push(n);
+      for (const c of n.children.values()) if (!claimed.has(c)) stack.push(c);
+    }
+  }
+  result.commit = (): void => {
+    for (const { node, old: m } of pairs) {
+      if (m) m.replacedBy = node;
+      if (node.firstCluster !== 0) byHead.set(node.firstCluster, node);
+    }
+    for (const n of reusedChildren) for (const c of n.children.values()) c.parent = n;
+    for (const [nt, vd] of tops) {
+      vd.replacedBy = nt;
+      if (nt.firstCluster !== 0) byHead.set(nt.firstCluster, nt);
+      // Its parent was not diffed, but may have been replaced (reused) by this plan: the current one.
+      if (nt.parent) nt.parent = current(nt.parent);
+      nt.parent?.children.set(foldCase(nt.name), nt);
+    }
+    if (newRoot !== old) old.replacedBy = newRoot;
+    for (const o of result.deletedNodes) {
+      o.gone = true;
+      if (o.firstCluster !== 0 && byHead.get(o.firstCluster) === o) byHead.delete(o.firstCluster);
+    }
+  };
 
   // 2. Vacate: deletions and moves out, deepest first, at their old paths (nothing has moved yet).
   const moved = new Map<VNode, string>(); // new node → parking path
@@ -307,6 +425,7 @@ export async function makePlan(input: PlanInput): Promise<PlanResult> {
       else result.parked.push([relPath(v.o), v.to]);
       continue;
     }
+    result.deletedNodes.push(v.o);
     if (v.o.isDir) {
       vacateOps.push({ op: 'rmdir', path });
       vacated.add(path);
@@ -391,7 +510,7 @@ export async function makePlan(input: PlanInput): Promise<PlanResult> {
   // New and moved entries need a free place in the source (or one this plan vacates): checked before anything is staged.
   for (const { node, old: m } of pairs) {
     if (m && !moved.has(node)) continue;
-    const path = abs(node);
+    const path = absNew(node);
     if ((await lstatOrUndefined(path)) && !isVacated(path)) {
       result.hold = `${relPath(node)}: the source already holds an entry there that the volume does not show`;
       return result;
@@ -406,7 +525,7 @@ export async function makePlan(input: PlanInput): Promise<PlanResult> {
   async function stageAndPlan(): Promise<void> {
     for (const pr of pairs) {
       const { node, old: m, parsed: p } = pr;
-      const path = abs(node);
+      const path = absNew(node);
       if (!m) {
         result.counts.created++;
         if (node.isDir) {

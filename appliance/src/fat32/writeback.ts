@@ -25,11 +25,11 @@ import { BridgeError, errorMessage } from '../../../shared/src/errors.js';
 import type { Logger } from '../../../shared/src/logger.js';
 import { SparseBitmap } from './bitmap.js';
 import type { ClusterMap } from './clusters.js';
-import { makePlan, nodePath, viewFromSnapshot, type VNode } from './diff.js';
+import { current, makePlan, nodePath, viewFromSnapshot, type VNode } from './diff.js';
 import type { Journal } from './journal.js';
 import { clusterOffset, ROOT_CLUSTER, SECTOR, type Geometry } from './layout.js';
 import { Overlay } from './overlay.js';
-import { clusterOfRuns, parseVolume, type ReadFn } from './parse.js';
+import { clusterOfRuns, HostParser, parseVolume, type ParsedNode, type ParsedVolume, type ReadFn } from './parse.js';
 import { layoutFingerprint, Session, type ResumedSession, type SessionVolume, type WriteBackState } from './session.js';
 import type { SourceFileIdentity } from './source-files.js';
 import type { TreeSnapshot } from './tree.js';
@@ -76,6 +76,17 @@ const BOOT_CHECKED: [number, number][] = [
   [510, 512],
 ];
 
+/** Test hook: every incremental parse is compared with a full one (a difference fails the flush). */
+const CHECK_PARSE = process.env.BRIDGE_FAT32_PARSE_CHECK === '1';
+
+async function checkAgainstFullParse(parsed: ParsedVolume, read: ReadFn, g: Geometry, journal: Journal): Promise<void> {
+  const full = await parseVolume(read, g, { reservedRootName: journal.inSource ? journal.name : undefined });
+  const canon = (n: ParsedNode): unknown => [n.name, n.isDir, n.attr, n.firstCluster, n.size, n.mdate, n.mtime, n.runs, n.children.map(canon)];
+  const a = JSON.stringify([parsed.problems.length > 0, canon(parsed.root)]);
+  const b = JSON.stringify([full.problems.length > 0, canon(full.root)]);
+  if (a !== b) throw new BridgeError('EIO', `incremental parse differs from a full parse: ${parsed.problems.join('; ')} | ${full.problems.join('; ')}`);
+}
+
 /** Runs of redirected data clusters: cluster → applied file node and index in its chain. */
 interface RedirectIndex {
   start: Float64Array;
@@ -91,10 +102,15 @@ export class WriteBack {
   readonly dirty = new SparseBitmap();
   readonly overlay: Overlay;
   private readonly session: Session;
+  private readonly parser: HostParser;
   private view: VNode | undefined;
   /** Entries the host left unreachable while their clusters stay allocated, kept in the journal directory. */
   private orphans: VNode[] = [];
   private snapNodes = new Map<number, VNode>();
+  /** Applied entries with a first cluster, by first cluster (plans update it as they commit). */
+  private byHead = new Map<number, VNode>();
+  /** Host directories rebuilt by parses since the last apply: what the next plan diffs. */
+  private readonly changedDirs = new Set<number>();
   /** Data clusters whose overlay sectors were dropped: read from the applied file that holds them. */
   private readonly redirected = new SparseBitmap();
   private redirects: RedirectIndex = EMPTY_INDEX;
@@ -120,6 +136,7 @@ export class WriteBack {
   ) {
     this.overlay = new Overlay(join(journal.dir, 'overlay'));
     this.session = new Session(journal.dir, host.snapshot.source);
+    this.parser = new HostParser(host.geometry, { reservedRootName: journal.inSource ? journal.name : undefined });
     this.layout = layoutFingerprint(host.clusters);
     if (resume) {
       if (resume.volume.layout !== this.layout) {
@@ -129,7 +146,7 @@ export class WriteBack {
         );
       }
       const st = resume.state;
-      this.adopt(st.root, st.orphans);
+      this.adoptFirst(st.root, st.orphans);
       for (let i = 0; i + 1 < st.dirty.length; i += 2) this.dirty.addRange(st.dirty[i]!, st.dirty[i]! + st.dirty[i + 1]!);
       this.flushes = st.flushes;
       Object.assign(this.stats, st.stats);
@@ -167,8 +184,10 @@ export class WriteBack {
    */
   identity(entry: number): SourceFileIdentity | null | undefined {
     if (!this.view) return undefined;
-    const n = this.snapNodes.get(entry);
-    if (!n || !n.ident) return null;
+    const found = this.snapNodes.get(entry);
+    const n = found && current(found);
+    if (n && n !== found) this.snapNodes.set(entry, n);
+    if (!n || n.gone || !n.ident) return null;
     return { path: nodePath(n, this.host.snapshot.source), size: n.ident.size, mtimeMs: n.ident.mtimeMs, ino: n.ident.ino };
   }
 
@@ -176,6 +195,7 @@ export class WriteBack {
   async write(data: Uint8Array, offset: number, base: ReadFn): Promise<void> {
     await this.overlay.write(data, offset, (t, o) => this.readUnder(t, o, base));
     this.markWritten(offset, data.length);
+    this.parser.noteWrite(offset, data.length);
   }
 
   private markWritten(offset: number, length: number): void {
@@ -240,7 +260,8 @@ export class WriteBack {
       else hi = mid;
     }
     if (lo >= r.start.length || r.start[lo]! > c) return undefined;
-    const node = r.node[lo]!;
+    const node = current(r.node[lo]!);
+    if (node.gone) return undefined;
     const index = r.first[lo]! + (c - r.start[lo]!);
     return clusterOfRuns(node.runs, index) === c ? { node, index } : undefined;
   }
@@ -374,13 +395,28 @@ export class WriteBack {
       this.log.error('write-back suspended', { reason: boot });
       return;
     }
-    const view = this.view ?? this.adopt(viewFromSnapshot(h.snapshot.entries), []);
+    const view = this.view ?? this.adoptFirst(viewFromSnapshot(h.snapshot.entries), []);
     const read: ReadFn = (t, o) => this.readView(t, o);
-    const parsed = await parseVolume(read, h.geometry, { reservedRootName: this.journal.inSource ? this.journal.name : undefined });
+    const t0 = performance.now();
+    const parsed = await this.parser.parse(read);
+    for (const d of parsed.rebuilt) this.changedDirs.add(d);
+    const t1 = performance.now();
+    if (CHECK_PARSE) await checkAgainstFullParse(parsed, read, h.geometry, this.journal);
     if (parsed.problems.length) return this.hold(parsed.problems);
+    // Directories holding files with written data are diffed too (their entries may be unchanged).
+    const changed = new Set(this.changedDirs);
+    const dr = this.dirty.runs();
+    for (let i = 0; i < dr.length; i += 2) {
+      for (const head of this.parser.headsIn(dr[i]!, dr[i]! + dr[i + 1]!)) {
+        const d = this.parser.dirOf(head);
+        if (d !== undefined) changed.add(d);
+      }
+    }
     const plan = await makePlan({
       old: view,
-      parsed: parsed.root,
+      byHead: this.byHead,
+      changed,
+      host: this.parser,
       g: h.geometry,
       dirty: this.dirty,
       read,
@@ -389,6 +425,8 @@ export class WriteBack {
       orphans: this.orphans,
       lost: async (c) => !parsed.reachable(c) && (await parsed.fatEntry(c)) !== 0,
     });
+    const t2 = performance.now();
+    if (this.log.enabled('debug')) this.log.debug('write-back flush', { parseMs: Math.round(t1 - t0), planMs: Math.round(t2 - t1), ...this.parser.lastWork });
     if (plan.hold) {
       await this.journal.finish();
       return this.hold([plan.hold]);
@@ -415,6 +453,8 @@ export class WriteBack {
         throw new BridgeError('EIO', this.suspended, {}, { cause: e });
       }
     } else await this.journal.finish();
+    plan.commit();
+    this.changedDirs.clear();
     for (const n of plan.restat) {
       try {
         const st = await fsp.lstat(nodePath(n, h.snapshot.source));
@@ -465,19 +505,22 @@ export class WriteBack {
         this.redirected.add(c);
       }
     }
-    this.rebuildRedirects();
+    this.rebuildRedirects(settled);
     await this.overlay.compact();
   }
 
-  /** The run index of redirected clusters, from the applied view. */
-  private rebuildRedirects(): void {
+  /** The run index of redirected clusters: rows of the nodes still applied, and the settled files' chains. */
+  private rebuildRedirects(settled: VNode[]): void {
     if (this.redirected.size === 0) return;
+    const fresh = new Set(settled.map(current));
     const rows: [number, number, number, VNode][] = [];
-    const stack = [this.view!, ...this.orphans];
-    while (stack.length) {
-      const n = stack.pop()!;
-      for (const c of n.children.values()) stack.push(c);
-      if (n.isDir) continue;
+    const old = this.redirects;
+    for (let i = 0; i < old.start.length; i++) {
+      const n = current(old.node[i]!);
+      if (!n.gone && !fresh.has(n)) rows.push([old.start[i]!, old.length[i]!, old.first[i]!, n]);
+    }
+    for (const n of fresh) {
+      if (n.gone) continue;
       let index = 0;
       for (let i = 0; i < n.runs.length; i += 2) {
         const start = n.runs[i]!;
@@ -495,20 +538,28 @@ export class WriteBack {
     };
   }
 
-  /** Makes `root` (and the parked entries) the applied view; the read path finds snapshot files through it. */
+  /** Makes `root` (and the parked entries) the applied view after a plan committed. */
   private adopt(root: VNode, orphans: VNode[]): VNode {
+    this.view = root;
+    this.orphans = orphans;
+    this.closeSourceHandles();
+    return root;
+  }
+
+  /** The first applied view (the snapshot, or a resumed session's): indexes built by one walk. */
+  private adoptFirst(root: VNode, orphans: VNode[]): VNode {
     const snapNodes = new Map<number, VNode>();
+    const byHead = new Map<number, VNode>();
     const stack = [root, ...orphans];
     while (stack.length) {
       const n = stack.pop()!;
       if (n.snap >= 0) snapNodes.set(n.snap, n);
+      if (n.firstCluster !== 0) byHead.set(n.firstCluster, n);
       for (const c of n.children.values()) stack.push(c);
     }
-    this.view = root;
-    this.orphans = orphans;
     this.snapNodes = snapNodes;
-    this.closeSourceHandles();
-    return root;
+    this.byHead = byHead;
+    return this.adopt(root, orphans);
   }
 
   private dirtyInOrphans(): number[] {
