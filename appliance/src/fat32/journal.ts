@@ -20,7 +20,7 @@ import { basename, dirname, join } from 'node:path';
 import { BridgeError, errorMessage } from '../../../shared/src/errors.js';
 import type { Logger } from '../../../shared/src/logger.js';
 import { applyOp, syncTouched, type ApplyContext, type Op } from './apply.js';
-import { fsyncPath } from '../durable.js';
+import { fsyncPath, writeFileAtomic } from '../durable.js';
 
 export const DEFAULT_JOURNAL_NAME = '.bridge-fat32';
 
@@ -82,16 +82,7 @@ export class Journal {
   async commit(ops: Op[]): Promise<void> {
     const plan: PlanFile = { version: 1, sourceRoot: this.sourceRoot, ops };
     await fsp.mkdir(this.dir, { recursive: true });
-    const tmp = join(this.dir, 'plan.json.tmp');
-    const fh = await fsp.open(tmp, 'w');
-    try {
-      await fh.writeFile(JSON.stringify(plan));
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await fsp.rename(tmp, join(this.dir, 'plan.json'));
-    await fsyncPath(this.dir);
+    await writeFileAtomic(join(this.dir, 'plan.json'), Buffer.from(JSON.stringify(plan)));
   }
 
   /** Runs ops[start..] recording progress, fsyncs what changed, then removes the journal. Returns notes. */

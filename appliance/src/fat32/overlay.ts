@@ -17,7 +17,7 @@
 import { constants as fsc, promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
-import { fsyncPath } from '../durable.js';
+import { writeFileAtomic } from '../durable.js';
 import { CHUNK_BITS, SparseBitmap } from './bitmap.js';
 import { SECTOR } from './layout.js';
 
@@ -239,17 +239,7 @@ export class Overlay {
       await (await this.handle(r)).datasync();
     }
     this.unsynced.clear();
-    const runs = this.present.runs();
-    const tmp = join(this.dir, `${OVERLAY_INDEX}.tmp`);
-    const fh = await fsp.open(tmp, 'w', 0o600);
-    try {
-      await writeFully(fh, Buffer.from(new Float64Array(runs).buffer), 0);
-      await fh.datasync();
-    } finally {
-      await fh.close();
-    }
-    await fsp.rename(tmp, join(this.dir, OVERLAY_INDEX));
-    await fsyncPath(this.dir);
+    await writeFileAtomic(join(this.dir, OVERLAY_INDEX), Buffer.from(new Float64Array(this.present.runs()).buffer));
   }
 
   /** Loads the index a persist wrote (a resumed session). */

@@ -14,7 +14,8 @@ import { clusterOffset, ROOT_CLUSTER, type Geometry } from './layout.js';
 import { SparseBitmap } from './bitmap.js';
 import { foldCase, lfnChecksum } from './names.js';
 
-export interface ParsedNode {
+/** One directory entry as decoded (what a cached directory keeps). */
+interface RawEntry {
   /** Long name, or the short name (with its case flags applied) when there is no valid long name. */
   name: string;
   isDir: boolean;
@@ -24,6 +25,9 @@ export interface ParsedNode {
   /** Raw FAT modification date and time words. */
   mdate: number;
   mtime: number;
+}
+
+export interface ParsedNode extends RawEntry {
   /** The cluster chain as runs: [start, length, start, length, ...]. */
   runs: number[];
   children: ParsedNode[];
@@ -66,6 +70,18 @@ class FatReader {
     }
     return buf.readUInt32LE(byte - chunk * FAT_CHUNK) & FAT_MASK;
   }
+}
+
+/** Index of the first run (columns sorted by start, not overlapping) that ends after `x`; the count when none does. */
+export function firstRunEndingAfter(start: ArrayLike<number>, length: ArrayLike<number>, x: number): number {
+  let lo = 0;
+  let hi = start.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (start[mid]! + length[mid]! <= x) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
 }
 
 /** Number of clusters in a run list. */
@@ -112,17 +128,6 @@ function shortNameOf(b: Buffer, off: number): string {
 export interface ParseOptions {
   /** A name the root directory must not hold (the write-back journal inside the source), compared ignoring case. */
   reservedRootName?: string;
-}
-
-/** One directory entry as decoded (what a cached directory keeps). */
-interface RawEntry {
-  name: string;
-  isDir: boolean;
-  attr: number;
-  firstCluster: number;
-  size: number;
-  mdate: number;
-  mtime: number;
 }
 
 /** A problem: the entry's name (undefined for the directory itself) and what is wrong. */
@@ -203,13 +208,7 @@ export class HostParser {
   /** Heads of the live chains that hold a cluster in [from, to). */
   headsIn(from: number, to: number): number[] {
     const ix = this.index;
-    let lo = 0;
-    let hi = ix.start.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if (ix.start[mid]! + ix.length[mid]! <= from) lo = mid + 1;
-      else hi = mid;
-    }
+    const lo = firstRunEndingAfter(ix.start, ix.length, from);
     const out: number[] = [];
     // Sorted by start and not overlapping (a parse that found overlaps leaves no cache: see parse).
     for (let i = lo; i < ix.start.length && ix.start[i]! < to; i++) out.push(ix.head[i]!);
@@ -410,10 +409,8 @@ export class HostParser {
     }
     // What no directory holds any more goes, with the subtrees of directories.
     const gone = new Set<number>();
-    const drop = (x: number): void => {
-      if (this.ownerDir.has(x) || gone.has(x)) return;
-      gone.add(x);
-      this.chains.delete(x);
+    /** Forgets directory x's result and what only it held. */
+    const forgetDir = (x: number): void => {
       const r = this.results.get(x);
       if (!r) return;
       this.results.delete(x);
@@ -424,18 +421,14 @@ export class HostParser {
         drop(y);
       }
     };
+    const drop = (x: number): void => {
+      if (this.ownerDir.has(x) || gone.has(x)) return;
+      gone.add(x);
+      this.chains.delete(x);
+      forgetDir(x);
+    };
     for (const [x] of removed) drop(x);
-    for (const x of demoted) {
-      const r = this.results.get(x);
-      if (!r) continue;
-      this.results.delete(x);
-      this.states.delete(x);
-      this.dirProblems.delete(x);
-      for (const y of r.heads) {
-        if (this.ownerDir.get(y) === x) this.ownerDir.delete(y);
-        drop(y);
-      }
-    }
+    for (const x of demoted) forgetDir(x);
     for (const x of dirty) if (!this.results.has(x)) gone.add(x);
     this.updateIndex(followed, gone);
     const problems: string[] = [...crossLinks];

@@ -20,7 +20,7 @@ import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { BridgeError, errorMessage } from '../../../shared/src/errors.js';
 import { VERSION } from '../../../shared/src/version.js';
-import { fsyncPath } from '../durable.js';
+import { fsyncPath, writeFileAtomic } from '../durable.js';
 import type { ClusterMap } from './clusters.js';
 import type { VNode } from './diff.js';
 import { EntryTable } from './entries.js';
@@ -236,7 +236,7 @@ export class Session {
   async save(snapshot: TreeSnapshot, volume: SessionVolume, state: WriteBackState): Promise<void> {
     await fsp.mkdir(this.dir, { recursive: true });
     if (!this.entriesWritten) {
-      await writeDurably(join(this.dir, ENTRIES_FILE), encodeEntries(snapshot.entries));
+      await writeFileAtomic(join(this.dir, ENTRIES_FILE), encodeEntries(snapshot.entries));
       this.entriesWritten = true;
     }
     const { root, orphans, ...rest } = state;
@@ -257,8 +257,7 @@ export class Session {
       view: flatten(root, orphans),
       state: rest,
     };
-    await writeDurably(this.file, Buffer.from(JSON.stringify(file)));
-    await fsyncPath(this.dir);
+    await writeFileAtomic(this.file, Buffer.from(JSON.stringify(file)));
   }
 
   /** Removes the session marker durably (the entries file goes with it). */
@@ -304,16 +303,4 @@ export class Session {
       state: { ...file.state, root, orphans },
     };
   }
-}
-
-async function writeDurably(path: string, data: Buffer): Promise<void> {
-  const tmp = `${path}.tmp`;
-  const fh = await fsp.open(tmp, 'w', 0o600);
-  try {
-    await fh.writeFile(data);
-    await fh.datasync();
-  } finally {
-    await fh.close();
-  }
-  await fsp.rename(tmp, path);
 }

@@ -29,7 +29,7 @@ import { current, makePlan, nodePath, viewFromSnapshot, type VNode } from './dif
 import type { Journal } from './journal.js';
 import { clusterOffset, ROOT_CLUSTER, SECTOR, type Geometry } from './layout.js';
 import { Overlay } from './overlay.js';
-import { clusterOfRuns, HostParser, parseVolume, type ParsedNode, type ParsedVolume, type ReadFn } from './parse.js';
+import { clusterOfRuns, firstRunEndingAfter, HostParser, parseVolume, type ParsedNode, type ParsedVolume, type ReadFn } from './parse.js';
 import { layoutFingerprint, Session, type ResumedSession, type SessionVolume, type WriteBackState } from './session.js';
 import type { SourceFileIdentity } from './source-files.js';
 import type { TreeSnapshot } from './tree.js';
@@ -252,13 +252,7 @@ export class WriteBack {
 
   private redirectOf(c: number): { node: VNode; index: number } | undefined {
     const r = this.redirects;
-    let lo = 0;
-    let hi = r.start.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if (r.start[mid]! + r.length[mid]! <= c) lo = mid + 1;
-      else hi = mid;
-    }
+    const lo = firstRunEndingAfter(r.start, r.length, c);
     if (lo >= r.start.length || r.start[lo]! > c) return undefined;
     const node = current(r.node[lo]!);
     if (node.gone) return undefined;
