@@ -309,7 +309,11 @@ export class WriteBack {
     await this.flush();
     this.closeSourceHandles();
     if (this.pending) await this.overlay.close();
-    else await this.overlay.destroy();
+    else {
+      await this.overlay.destroy();
+      // The journal directory goes when it holds nothing else (an empty directory only).
+      await fsp.rmdir(this.journal.dir).catch(() => undefined);
+    }
   }
 
   report(): WriteBackReport {
