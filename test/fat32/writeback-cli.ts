@@ -18,7 +18,9 @@ export interface Served {
 
 export async function serve(src: string, mnt: string, extra: string[] = []): Promise<Served> {
   if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run "npx tsc -b" first`);
-  const child = spawn(process.execPath, [CLI, 'fat32', 'serve', '--source', src, '--size', '256M', '--json', ...extra, mnt], {
+  // BRIDGE_WB_DEBUG=1: the agent logs every plan (its stderr is in the failure messages).
+  const log = process.env.BRIDGE_WB_DEBUG === '1' ? ['--log-level', 'debug'] : [];
+  const child = spawn(process.execPath, [CLI, ...log, 'fat32', 'serve', '--source', src, '--size', '256M', '--json', ...extra, mnt], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const exited = new Promise<number | null>((res) => child.on('exit', (code) => res(code)));
@@ -55,9 +57,16 @@ export async function stop(s: Served | undefined, mnt: string, kill = false): Pr
   if (await mountedAt(mnt)) await run('fusermount', ['-uz', mnt]);
 }
 
-/** Differences between two trees (paths, kinds, contents), at most `max`. */
+/** A source tree as readTree gives it, without the write-back's journal directory (the agent's own). */
+export async function sourceTree(dir: string): Promise<Map<string, Buffer | 'dir'>> {
+  const t = await readTree(dir);
+  for (const k of [...t.keys()]) if (k === '.bridge-fat32' || k.startsWith('.bridge-fat32/')) t.delete(k);
+  return t;
+}
+
+/** Differences between two trees (paths, kinds, contents; journal directories left out), at most `max`. */
 export async function treeDiff(a: string, b: string, max = 10): Promise<string[]> {
-  const [ta, tb] = await Promise.all([readTree(a), readTree(b)]);
+  const [ta, tb] = await Promise.all([sourceTree(a), sourceTree(b)]);
   const out: string[] = [];
   for (const [p, v] of ta) {
     const w = tb.get(p);

@@ -35,6 +35,16 @@ async function copyDisk(from: string, copy: string): Promise<void> {
   }
 }
 
+/** Where the FATs lie on the disk: from the boot sector's reserved sectors, FAT count and FAT size. */
+async function fatRange(disk: string): Promise<[number, number]> {
+  const fh = await fsp.open(disk, 'r');
+  const boot = Buffer.alloc(512);
+  await fh.read(boot, 0, 512, MIB);
+  await fh.close();
+  const start = MIB + boot.readUInt16LE(14) * 512;
+  return [start, start + boot[16]! * boot.readUInt32LE(36) * 512];
+}
+
 /** The 512-byte sectors where two images differ: [offset, bytes][]. */
 async function changedSectors(a: string, b: string): Promise<[number, Buffer][]> {
   const [fa, fb] = [await fsp.readFile(a), await fsp.readFile(b)];
@@ -69,7 +79,7 @@ describe('FAT32 write-back: crashes and the boot sector (CLI, FUSE)', () => {
   });
 
   /** The host's change, made by mtools on a copy of the served disk: returns the sectors it wrote and the expected tree. */
-  async function hostChange(tag: string): Promise<{ sectors: [number, Buffer][]; expected: string }> {
+  async function hostChange(tag: string, del = 'Delete Me.bin', renamed = 'Docs/Rename Me.txt'): Promise<{ sectors: [number, Buffer][]; expected: string }> {
     const before = join(dir, `${tag}-before.img`);
     const after = join(dir, `${tag}-after.img`);
     await copyDisk(join(mnt, 'disk.img'), before);
@@ -77,8 +87,8 @@ describe('FAT32 write-back: crashes and the boot sector (CLI, FUSE)', () => {
     const img = `${after}@@1M`;
     for (const [cmd, args] of [
       ['mcopy', [join(dir, 'new.bin'), `::/Docs/Brand New ${tag}.bin`]],
-      ['mdel', ['::/Delete Me.bin']],
-      ['mren', ['::/Docs/Rename Me.txt', `::/Docs/Renamed ${tag}.txt`]],
+      ['mdel', [`::/${del}`]],
+      ['mren', [`::/${renamed}`, `::/Docs/Renamed ${tag}.txt`]],
     ] as const) {
       const r = await mtools(cmd, ['-i', img, ...args]);
       if (r.code !== 0) throw new Error(`${cmd}: ${r.stderr}`);
@@ -86,8 +96,8 @@ describe('FAT32 write-back: crashes and the boot sector (CLI, FUSE)', () => {
     const expected = join(dir, `${tag}-expected`);
     cpSync(src, expected, { recursive: true });
     await fsp.copyFile(join(dir, 'new.bin'), join(expected, 'Docs', `Brand New ${tag}.bin`));
-    await fsp.unlink(join(expected, 'Delete Me.bin'));
-    await fsp.rename(join(expected, 'Docs', 'Rename Me.txt'), join(expected, 'Docs', `Renamed ${tag}.txt`));
+    await fsp.unlink(join(expected, del));
+    await fsp.rename(join(expected, renamed), join(expected, 'Docs', `Renamed ${tag}.txt`));
     const sectors = await changedSectors(before, after);
     await fsp.rm(before);
     await fsp.rm(after);
@@ -126,6 +136,42 @@ describe('FAT32 write-back: crashes and the boot sector (CLI, FUSE)', () => {
     expect(r.code).toBe(0);
   });
 
+  it('kill -9 after a flush that found the volume half-written: a restart restores the host view, then applies it', { timeout: 120_000 }, async () => {
+    const { sectors, expected } = await hostChange('three', 'Keep Me.txt', 'Docs/Renamed two.txt');
+    const before = join(dir, 'before-three');
+    cpSync(src, before, { recursive: true });
+    // The host writes everything but the FAT first: its new file's chain is still free, so the
+    // flush it makes finds the volume inconsistent and holds it (nothing applied, all acknowledged).
+    const [fatStart, fatEnd] = await fatRange(join(mnt, 'disk.img'));
+    const isFat = ([off]: [number, Buffer]): boolean => off >= fatStart && off < fatEnd;
+    const fh = await fsp.open(join(mnt, 'disk.img'), 'r+');
+    for (const [off, data] of sectors.filter((x) => !isFat(x))) await fh.write(data, 0, data.length, off);
+    await fh.sync();
+    await stop(served, mnt, true);
+    await fh.close().catch(() => undefined);
+    expect(await treeDiff(src, before)).toEqual([]);
+    expect(served!.stderr()).toMatch(/host changes held/);
+    // Restarted: the session resumes, and the host sees exactly what it wrote.
+    served = await serve(src, mnt);
+    const ready = served.ready as unknown as { report: { writeBack: { resumedFrom?: string; held?: string[] } } };
+    expect(ready.report.writeBack.resumedFrom).toMatch(/session\.json$/);
+    expect(ready.report.writeBack.held?.join('\n')).toMatch(/Brand New three\.bin: chain ends in a free cluster/);
+    const rh = await fsp.open(join(mnt, 'disk.img'), 'r');
+    for (const [off, data] of sectors.filter((x) => !isFat(x))) {
+      const b = Buffer.alloc(data.length);
+      await rh.read(b, 0, b.length, off);
+      expect(b.equals(data), `sector at ${off} reads back as the host wrote it`).toBe(true);
+    }
+    await rh.close();
+    // The host finishes (the FAT): applied at its flush.
+    const fh2 = await fsp.open(join(mnt, 'disk.img'), 'r+');
+    for (const [off, data] of sectors.filter(isFat)) await fh2.write(data, 0, data.length, off);
+    await fh2.sync();
+    await fh2.close();
+    expect(await treeDiff(src, expected)).toEqual([]);
+    expect(served.stderr()).toMatch(/write-back resumed: the volume is consistent again/);
+  });
+
   it('zeroing the boot sector leaves the source untouched and the agent serving', { timeout: 60_000 }, async () => {
     const snapshot = join(dir, 'before-zero');
     cpSync(src, snapshot, { recursive: true });
@@ -144,6 +190,16 @@ describe('FAT32 write-back: crashes and the boot sector (CLI, FUSE)', () => {
     expect(boot.every((b) => b === 0)).toBe(true); // reads return what the host wrote
     expect(mbr.readUInt16LE(510)).toBe(0xaa55); // and the MBR is still ours
     expect(served!.stderr()).toMatch(/write-back suspended/);
+    // kill -9 and restart: the host's zeroed boot sector is still what it reads, the source still untouched.
+    await stop(served, mnt, true);
+    served = await serve(src, mnt);
+    const again = Buffer.alloc(512, 1);
+    const rh2 = await fsp.open(join(mnt, 'disk.img'), 'r');
+    await rh2.read(again, 0, 512, MIB);
+    await rh2.close();
+    expect(again.every((b) => b === 0)).toBe(true);
+    expect(served.stderr()).toMatch(/write-back session resumed/);
+    expect(await treeDiff(src, snapshot)).toEqual([]);
     await stop(served, mnt);
     served = undefined;
   });

@@ -6,7 +6,7 @@
  * a change made to the source by someone else (a conflict, not clobbered), the journal's recovery of
  * a plan a crash interrupted, and --read-only's EROFS.
  */
-import { mkdtempSync, promises as fsp, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, promises as fsp, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -17,7 +17,7 @@ import { Journal } from '../../appliance/src/fat32/journal.js';
 import { clusterOffset } from '../../appliance/src/fat32/layout.js';
 import { writeLfnEntries, writeShortEntry } from '../../appliance/src/fat32/dirent.js';
 import { Rng } from '../helpers/random.js';
-import { readTree } from './helpers.js';
+import { sourceTree } from './writeback-cli.js';
 
 const MIB = 1024 * 1024;
 
@@ -34,7 +34,7 @@ describe('FAT32 write-back: hostile writes', () => {
     await fsp.writeFile(join(src, 'hello.txt'), 'hello world\n');
     await fsp.writeFile(join(src, 'Data File.bin'), new Rng(5).bytes(5000));
     await fsp.writeFile(join(src, 'Sub', 'Inner File.txt'), 'inner\n');
-    before = await readTree(src);
+    before = await sourceTree(src);
     vol = await buildFat32Volume(src, { size: 256 * MIB, writeBack: true });
   });
 
@@ -69,17 +69,63 @@ describe('FAT32 write-back: hostile writes', () => {
     await vol!.write(b, fatEntryOffset(cluster) + vol!.geometry.fatSectors * 512);
   };
   const expectSourceUntouched = async (): Promise<void> => {
-    expect(await readTree(src)).toEqual(before);
+    expect(await sourceTree(src)).toEqual(before);
     expect((await fsp.readdir(dir)).sort()).toEqual(['src']);
   };
 
-  it('deletes a file whose entries the host marked deleted (positive control)', async () => {
-    const at = vol!.directoryEntryOffset(entry('hello.txt'));
+  it('deletes a file whose entries the host marked deleted and whose chain it freed (positive control)', async () => {
+    const i = entry('hello.txt');
+    const at = vol!.directoryEntryOffset(i);
+    await vol!.write(Buffer.from([0xe5]), at - 32);
+    await vol!.write(Buffer.from([0xe5]), at);
+    await setFat(vol!.snapshot.entries.firstCluster[i]!, 0);
+    await vol!.flush();
+    const after = await sourceTree(src);
+    expect([...after.keys()].sort()).toEqual([...before.keys()].filter((k) => k !== 'hello.txt').sort());
+    expect(vol!.report().writeBack?.applied.deleted).toBe(1);
+  });
+
+  it('keeps aside an entry that left every directory while its chain stays allocated, until it reappears or is freed', async () => {
+    const g = vol!.geometry;
+    const t = vol!.snapshot.entries;
+    const i = entry('Data File.bin');
+    const first = t.firstCluster[i]!;
+    const original = before.get('Data File.bin') as Buffer;
+    // A move written in two steps (as Linux vfat may): first the old entry goes...
+    const at = vol!.directoryEntryOffset(i);
     await vol!.write(Buffer.from([0xe5]), at - 32);
     await vol!.write(Buffer.from([0xe5]), at);
     await vol!.flush();
-    const after = await readTree(src);
-    expect([...after.keys()].sort()).toEqual([...before.keys()].filter((k) => k !== 'hello.txt').sort());
+    expect((await sourceTree(src)).has('Data File.bin')).toBe(false);
+    const parked = join(src, '.bridge-fat32', `orphan-${first}`);
+    expect(await fsp.readFile(parked)).toEqual(original);
+    expect(vol!.report().writeBack?.applied.deleted).toBe(0);
+    // ...then the new one, in another directory, with the same first cluster.
+    const sub = entry('Sub');
+    const slot = Buffer.alloc(3 * 32);
+    const off = writeLfnEntries(slot, 0, 'Moved File.bin', 'MOVEDF~1BIN');
+    writeShortEntry(slot, off, {
+      name: 'MOVEDF~1BIN',
+      attr: 0x20,
+      firstCluster: first,
+      size: original.length,
+      mtimeMs: Date.now(),
+      atimeMs: Date.now(),
+      birthtimeMs: Date.now(),
+    });
+    await vol!.write(slot, clusterOffset(g, t.firstCluster[sub]!) + t.dirSlots[sub]! * 32);
+    await vol!.flush();
+    expect(await fsp.readFile(join(src, 'Sub', 'Moved File.bin'))).toEqual(original);
+    expect(existsSync(parked)).toBe(false);
+    expect(await read(clusterOffset(g, first), original.length)).toEqual(original);
+    // Deleted for real (entry and chain): gone.
+    const movedAt = clusterOffset(g, t.firstCluster[sub]!) + t.dirSlots[sub]! * 32;
+    await vol!.write(Buffer.from([0xe5]), movedAt);
+    await vol!.write(Buffer.from([0xe5]), movedAt + 32);
+    await vol!.write(Buffer.from([0xe5]), movedAt + off);
+    for (let c = first; c < first + 3; c++) await setFat(c, 0);
+    await vol!.flush();
+    expect([...(await sourceTree(src)).keys()].sort()).toEqual(['Sub', 'Sub/Inner File.txt', 'hello.txt']);
     expect(vol!.report().writeBack?.applied.deleted).toBe(1);
   });
 
@@ -166,7 +212,16 @@ describe('FAT32 write-back: hostile writes', () => {
     await vol!.flush();
     expect(vol!.report().writeBack?.suspended).toMatch(/boot sector/);
     await vol!.close();
+    // Served again: the session resumes (the host's sectors are never silently dropped), still suspended.
     vol = await buildFat32Volume(src, { size: 256 * MIB, writeBack: true });
+    expect(vol.report().writeBack?.resumedFrom).toMatch(/session\.json$/);
+    expect(vol.report().writeBack?.suspended).toMatch(/boot sector/);
+    expect(await read(g.partitionOffset, 512)).toEqual(boot);
+    await vol.close();
+    // Moving the journal directory away discards the session: a fresh volume from the source.
+    await fsp.rm(join(src, '.bridge-fat32'), { recursive: true });
+    vol = await buildFat32Volume(src, { size: 256 * MIB, writeBack: true });
+    expect(vol.report().writeBack?.resumedFrom).toBeUndefined();
     await vol.write(Buffer.alloc(64), 446);
     await vol.flush();
     expect(vol.report().writeBack?.suspended).toMatch(/MBR/);
@@ -225,7 +280,7 @@ describe('FAT32 write-back: hostile writes', () => {
       await vol!.write(garbage, rootEnd);
       await vol!.flush();
       // Whatever the garbage decodes to, the original files are intact and nothing left the source.
-      const now = await readTree(src);
+      const now = await sourceTree(src);
       for (const [p, v] of before) expect(now.get(p), p).toEqual(v);
       expect((await fsp.readdir(dir)).sort()).toEqual(['src']);
     }
@@ -239,7 +294,7 @@ describe('FAT32 write-back: hostile writes', () => {
     await vol!.flush();
     await setFat(1, 0x0fffffff);
     await vol!.flush();
-    expect((await readTree(src)).has('hello.txt')).toBe(false);
+    expect((await sourceTree(src)).has('hello.txt')).toBe(false);
     expect(vol!.report().writeBack?.held).toBeUndefined();
   });
 
@@ -292,7 +347,7 @@ describe('FAT32 write-back journal', () => {
       await fsp.writeFile(join(journal.dir, 'progress'), '0\n');
       const replayed = await new Journal(join(src, '.bridge-fat32'), src, logger()).recover();
       expect(replayed).toBe(5);
-      expect(await readTree(src)).toEqual(
+      expect(await sourceTree(src)).toEqual(
         new Map<string, Buffer | 'dir'>([
           ['b', Buffer.from('new file')],
           ['d', 'dir'],

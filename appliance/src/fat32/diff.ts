@@ -24,6 +24,7 @@
 import { promises as fsp } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { Op } from './apply.js';
+import type { SparseBitmap } from './bitmap.js';
 import { ATTR_READ_ONLY, fatTime } from './dirent.js';
 import type { EntryTable } from './entries.js';
 import type { Journal } from './journal.js';
@@ -57,6 +58,19 @@ export interface VNode {
   snap: number;
   /** The source file as the write-back last saw it (files only). */
   ident: Ident | undefined;
+  /** Set on a parked orphan (no parent): where it lies in the journal directory. */
+  parkedAt?: string;
+  /** Set once a plan's commit replaced this node by another (same entry, new state): follow it. */
+  replacedBy?: VNode;
+  /** Set once the entry left the applied view (deleted, or kept in the source for a conflict). */
+  gone?: boolean;
+}
+
+/** The node that stands for `n` now (nodes are replaced, not changed, when a plan commits). */
+export function current(n: VNode): VNode {
+  let v = n;
+  while (v.replacedBy) v = v.replacedBy;
+  return v;
 }
 
 /** The applied view at start: the snapshot itself. */
@@ -86,11 +100,20 @@ export function viewFromSnapshot(t: EntryTable): VNode {
   return nodes[0]!;
 }
 
-/** Source path of a node relative to the source root. */
+/** Source path of a node relative to the source root (for a parked orphan, relative to its parking place). */
 export function relPath(n: VNode): string {
   const parts: string[] = [];
   for (let v: VNode | undefined = n; v?.parent; v = v.parent) parts.push(v.src);
   return parts.reverse().join('/');
+}
+
+/** Absolute path of a node: in the source tree, or under its parked ancestor in the journal directory. */
+export function nodePath(n: VNode, sourceRoot: string): string {
+  let top = n;
+  while (top.parent) top = top.parent;
+  const rel = relPath(n);
+  const base = top.parkedAt ?? sourceRoot;
+  return rel ? join(base, rel) : base;
 }
 
 function depth(n: VNode): number {
@@ -105,15 +128,30 @@ export function fatToMs(date: number, time: number): number {
 }
 
 export interface PlanInput {
+  /** The applied view's root. */
   old: VNode;
-  parsed: ParsedNode;
+  /** Applied entries with a first cluster (in the tree and parked), by first cluster; updated by `commit`. */
+  byHead: Map<number, VNode>;
+  /** Host directories (first clusters) whose entries may differ from the applied view. */
+  changed: Iterable<number>;
+  /** The host's parsed directories. */
+  host: { dir(head: number): { node: ParsedNode; parent: number | undefined } | undefined };
   g: Geometry;
   /** Data clusters written since the last apply. */
-  dirty: Set<number>;
+  dirty: SparseBitmap;
   /** Reads the host's view (overlay over synthesized bytes). */
   read: ReadFn;
   journal: Journal;
   sourceRoot: string;
+  /** Entries parked by earlier plans (see `lost`). */
+  orphans: VNode[];
+  /**
+   * True when the host's FAT still allocates `cluster` but no entry reaches it (a lost chain). An
+   * applied entry whose first cluster is lost is parked, not deleted: hosts such as Linux vfat write
+   * the directory sector that drops an entry before the one that adds it back (a move), so a
+   * flush in between sees the entry gone while its data is still allocated.
+   */
+  lost: (cluster: number) => Promise<boolean>;
 }
 
 export interface PlanResult {
@@ -127,6 +165,16 @@ export interface PlanResult {
   restat: VNode[];
   /** Snapshot entries whose source file changed or went away. */
   touchedSnaps: number[];
+  /** Parked entries after the plan (each with `parkedAt`, no parent). */
+  orphans: VNode[];
+  /** Entries parked by this plan: [volume path, parking path]. */
+  parked: [string, string][];
+  /** Files whose data the source holds as the host's view shows it once the plan ran (not conflicts). */
+  settled: VNode[];
+  /** Applied entries the new view no longer holds (deleted, or kept in the source for a conflict). */
+  deletedNodes: VNode[];
+  /** Makes the new view the applied one (call once the plan ran): nodes replaced, `byHead` updated. */
+  commit: () => void;
   counts: { created: number; deleted: number; moved: number; written: number; bytes: number };
 }
 
@@ -158,45 +206,77 @@ function clusterList(runs: number[], limit: number): number[] {
 }
 
 export async function makePlan(input: PlanInput): Promise<PlanResult> {
-  const { old, parsed, g, dirty, read, journal, sourceRoot } = input;
+  const { old, g, dirty, read, journal, sourceRoot } = input;
   const cs = g.clusterSize;
-  const abs = (n: VNode): string => join(sourceRoot, relPath(n));
+  const abs = (n: VNode): string => nodePath(n, sourceRoot);
   const result: PlanResult = {
     ops: [],
     root: undefined as unknown as VNode,
     conflicts: [],
     restat: [],
     touchedSnaps: [],
+    orphans: [],
+    parked: [],
+    settled: [],
+    deletedNodes: [],
+    commit: () => undefined,
     counts: { created: 0, deleted: 0, moved: 0, written: 0, bytes: 0 },
   };
 
-  // 1. Match the host's entries to applied ones.
-  const oldByCluster = new Map<number, VNode>();
-  const oldAll: VNode[] = [];
-  {
-    const stack = [old];
-    while (stack.length) {
-      const n = stack.pop()!;
-      oldAll.push(n);
-      if (n.firstCluster !== 0) oldByCluster.set(n.firstCluster, n);
-      for (const c of n.children.values()) stack.push(c);
+  // 1. Match the host's entries to applied ones, in the directories that changed since the last apply.
+  const { byHead, host } = input;
+  const appliedDir = (h: number): VNode | undefined => {
+    if (h === ROOT_CLUSTER) return old;
+    const v = byHead.get(h);
+    return v?.isDir && !v.gone ? v : undefined;
+  };
+  // A directory the applied view does not hold where the host has it (new, moved, parked) is
+  // reached through its parent: the parent is diffed too.
+  const changed = new Set<number>();
+  for (const h of input.changed) if (host.dir(h)) changed.add(h);
+  for (const h of [...changed]) {
+    for (let x: number | undefined = h; x !== undefined && x !== ROOT_CLUSTER;) {
+      const hd: { node: ParsedNode; parent: number | undefined } = host.dir(x)!;
+      const v = appliedDir(x);
+      const parentHead: number | undefined = hd.parent;
+      if (v && !v.parkedAt && v.parent && parentHead !== undefined && v.parent === appliedDir(parentHead)) break;
+      if (parentHead === undefined) break;
+      changed.add(parentHead);
+      x = parentHead;
     }
   }
-  const claimed = new Set<VNode>([old]);
+  const claimed = new Set<VNode>();
   const matchOf = new Map<VNode, VNode>(); // new node → old node
-  const newRoot: VNode = { ...old, parent: undefined, children: new Map(), runs: parsed.runs };
-  matchOf.set(newRoot, old);
   const pairs: Pair[] = [];
-  const queue: { p: ParsedNode; n: VNode }[] = [{ p: parsed, n: newRoot }];
+  /** New nodes of clean directories: their children are the applied ones, re-parented at commit. */
+  const reusedChildren: VNode[] = [];
+  /** Diffed directories whose parent is not diffed: [new node, applied node]; replaced in place at commit. */
+  const tops: [VNode, VNode][] = [];
+  const queue: { p: ParsedNode; n: VNode }[] = [];
+  /** Applied directories whose entries were diffed. */
+  const processedOld: VNode[] = [];
+  let newRoot = old;
+  for (const h of changed) {
+    const hd = host.dir(h)!;
+    if (hd.parent !== undefined && changed.has(hd.parent)) continue;
+    const vd = appliedDir(h)!;
+    const nt: VNode = { ...vd, children: new Map(), runs: hd.node.runs };
+    claimed.add(vd);
+    matchOf.set(nt, vd);
+    if (h === ROOT_CLUSTER) newRoot = nt;
+    else tops.push([nt, vd]);
+    queue.push({ p: hd.node, n: nt });
+  }
   for (let q = 0; q < queue.length; q++) {
     const { p: pdir, n: ndir } = queue[q]!;
     const odir = matchOf.get(ndir);
+    if (odir) processedOld.push(odir);
     const srcNames = new Set<string>();
     for (const p of pdir.children) {
       let m: VNode | undefined;
-      if (p.firstCluster !== 0) m = oldByCluster.get(p.firstCluster);
+      if (p.firstCluster !== 0) m = byHead.get(p.firstCluster);
       else if (odir && !p.isDir) m = odir.children.get(foldCase(p.name));
-      if (m && (m.isDir !== p.isDir || claimed.has(m) || (p.firstCluster === 0 && m.firstCluster !== 0))) m = undefined;
+      if (m && (m.gone || m.isDir !== p.isDir || claimed.has(m) || (p.firstCluster === 0 && m.firstCluster !== 0))) m = undefined;
       if (m) claimed.add(m);
       const node: VNode = {
         name: p.name,
@@ -221,16 +301,106 @@ export async function makePlan(input: PlanInput): Promise<PlanResult> {
       ndir.children.set(foldCase(p.name), node);
       if (m) matchOf.set(node, m);
       pairs.push({ node, old: m, parsed: p });
-      if (p.isDir) queue.push({ p, n: node });
+      if (p.isDir) {
+        if (m && !changed.has(p.firstCluster)) {
+          // Unchanged inside: the applied subtree stays as it is.
+          node.children = m.children;
+          reusedChildren.push(node);
+        } else queue.push({ p, n: node });
+      }
     }
   }
   result.root = newRoot;
+  // New positions go through the new nodes of this plan (an ancestor may move while a directory
+  // below it changes too); old positions through the applied nodes.
+  const newOf = new Map<VNode, VNode>();
+  for (const [n, m] of matchOf) newOf.set(m, n);
+  const absNew = (n: VNode): string => {
+    const parts: string[] = [];
+    let top = n;
+    for (let v: VNode | undefined = n; v; v = v.parent && (newOf.get(v.parent) ?? v.parent)) {
+      top = v;
+      if (v.parent) parts.push(v.src);
+    }
+    const rel = parts.reverse().join('/');
+    const base = top.parkedAt ?? sourceRoot;
+    return rel ? join(base, rel) : base;
+  };
+  // Places are made parents first, across all diffed directories.
+  const depthNew = new Map<VNode, number>();
+  const dOf = (n: VNode): number => {
+    let d = depthNew.get(n);
+    if (d === undefined) {
+      d = 0;
+      for (let v = n.parent && (newOf.get(n.parent) ?? n.parent); v; v = v.parent && (newOf.get(v.parent) ?? v.parent)) d++;
+      depthNew.set(n, d);
+    }
+    return d;
+  };
+  pairs.sort((a, b) => dOf(a.node) - dOf(b.node));
+  // What the host may no longer show: the applied entries of the diffed directories that no host entry
+  // claimed, with their subtrees, and the parked entries (parents listed before children).
+  const oldAll: VNode[] = [];
+  {
+    // Only through unclaimed entries: a claimed directory's children were diffed or stay as they are.
+    const stack: VNode[] = input.orphans.filter((o) => !claimed.has(o));
+    for (const n of processedOld) for (const c of n.children.values()) if (!claimed.has(c)) stack.push(c);
+    const seen = new Set<VNode>();
+    while (stack.length) {
+      const n = stack.pop()!;
+      if (seen.has(n)) continue;
+      seen.add(n);
+      oldAll.push(n);
+      for (const c of n.children.values()) if (!claimed.has(c)) stack.push(c);
+    }
+  }
+  result.commit = (): void => {
+    for (const { node, old: m } of pairs) {
+      if (m) m.replacedBy = node;
+      if (node.firstCluster !== 0) byHead.set(node.firstCluster, node);
+    }
+    for (const n of reusedChildren) for (const c of n.children.values()) c.parent = n;
+    for (const [nt, vd] of tops) {
+      vd.replacedBy = nt;
+      if (nt.firstCluster !== 0) byHead.set(nt.firstCluster, nt);
+      // Its parent was not diffed, but may have been replaced (reused) by this plan: the current one.
+      if (nt.parent) nt.parent = current(nt.parent);
+      nt.parent?.children.set(foldCase(nt.name), nt);
+    }
+    if (newRoot !== old) old.replacedBy = newRoot;
+    for (const o of result.deletedNodes) {
+      o.gone = true;
+      if (o.firstCluster !== 0 && byHead.get(o.firstCluster) === o) byHead.delete(o.firstCluster);
+    }
+  };
 
   // 2. Vacate: deletions and moves out, deepest first, at their old paths (nothing has moved yet).
   const moved = new Map<VNode, string>(); // new node → parking path
   const vacated = new Set<string>();
   const vacate: { o: VNode; to?: string; node?: VNode }[] = [];
-  for (const o of oldAll) if (!claimed.has(o)) vacate.push({ o });
+  // Unclaimed entries whose chain is still allocated are parked (or stay parked) with their subtree;
+  // unclaimed entries inside a parked subtree stay where they are; the others are deleted.
+  const parkedNow = new Map<VNode, string>();
+  const staysParked = new Set<VNode>();
+  /** True when a parked entry lies between `o` and the nearest ancestor the host still shows. */
+  const inParked = (o: VNode): boolean => {
+    for (let a = o.parent; a; a = a.parent) {
+      if (staysParked.has(a)) return true;
+      if (claimed.has(a)) return false;
+    }
+    return false;
+  };
+  for (const o of oldAll) {
+    // oldAll lists parents before children, so an ancestor's parking is known here.
+    if (claimed.has(o) || o.firstCluster === 0 || inParked(o) || !(await input.lost(o.firstCluster))) continue;
+    staysParked.add(o);
+    if (!o.parkedAt) parkedNow.set(o, journal.staged(`orphan-${o.firstCluster}`));
+  }
+  for (const o of oldAll) {
+    if (claimed.has(o) || staysParked.has(o) || inParked(o)) continue;
+    vacate.push({ o });
+  }
+  for (const [o, to] of parkedNow) vacate.push({ o, to });
   let park = 0;
   for (const pr of pairs) {
     const m = pr.old;
@@ -251,9 +421,11 @@ export async function makePlan(input: PlanInput): Promise<PlanResult> {
     if (v.to) {
       vacateOps.push({ op: 'rename', from: path, to: v.to });
       vacated.add(path);
-      result.counts.moved++;
+      if (v.node) result.counts.moved++;
+      else result.parked.push([relPath(v.o), v.to]);
       continue;
     }
+    result.deletedNodes.push(v.o);
     if (v.o.isDir) {
       vacateOps.push({ op: 'rmdir', path });
       vacated.add(path);
@@ -303,7 +475,7 @@ export async function makePlan(input: PlanInput): Promise<PlanResult> {
   /** True when a data cluster of the chain was written since the last apply. */
   const anyDirty = (runs: number[]): boolean => {
     if (dirty.size === 0) return false;
-    for (const d of dirty) for (let i = 0; i < runs.length; i += 2) if (d >= runs[i]! && d < runs[i]! + runs[i + 1]!) return true;
+    for (let i = 0; i < runs.length; i += 2) if (dirty.any(runs[i]!, runs[i]! + runs[i + 1]!)) return true;
     return false;
   };
   /** The indices among `indices` whose view bytes differ from the file at `path` (all of them when it cannot be read). */
@@ -338,7 +510,7 @@ export async function makePlan(input: PlanInput): Promise<PlanResult> {
   // New and moved entries need a free place in the source (or one this plan vacates): checked before anything is staged.
   for (const { node, old: m } of pairs) {
     if (m && !moved.has(node)) continue;
-    const path = abs(node);
+    const path = absNew(node);
     if ((await lstatOrUndefined(path)) && !isVacated(path)) {
       result.hold = `${relPath(node)}: the source already holds an entry there that the volume does not show`;
       return result;
@@ -353,7 +525,7 @@ export async function makePlan(input: PlanInput): Promise<PlanResult> {
   async function stageAndPlan(): Promise<void> {
     for (const pr of pairs) {
       const { node, old: m, parsed: p } = pr;
-      const path = abs(node);
+      const path = absNew(node);
       if (!m) {
         result.counts.created++;
         if (node.isDir) {
@@ -383,6 +555,7 @@ export async function makePlan(input: PlanInput): Promise<PlanResult> {
         metaOps.push({ op: 'times', path, mtimeMs: fatToMs(p.mdate, p.mtime) });
         if (node.attr & ATTR_READ_ONLY) metaOps.push({ op: 'mode', path, readOnly: true });
         result.restat.push(node);
+        result.settled.push(node);
         continue;
       }
       const park = moved.get(node);
@@ -397,9 +570,25 @@ export async function makePlan(input: PlanInput): Promise<PlanResult> {
       const roChanged = (m.attr & ATTR_READ_ONLY) !== (node.attr & ATTR_READ_ONLY);
       const chainSame = sameRuns(m.runs, node.runs);
       if (chainSame && node.size === m.size && !timesChanged && !roChanged && !anyDirty(node.runs)) continue;
+      // The source file must still be what the write-back last saw (checked at its old path: nothing moved yet),
+      // before any of its clusters is read: the read path refuses (EIO) a file changed by someone else.
+      const st = await lstatOrUndefined(abs(m));
+      const id = m.ident;
+      if (!st || !st.isFile() || (id && (st.ino !== id.ino || st.size !== id.size || st.mtimeMs !== id.mtimeMs))) {
+        result.conflicts.push({
+          path: relPath(node),
+          detail: st
+            ? "changed in the source since the volume showed it: the host's change is not applied"
+            : "gone from the source: the host's change is not applied",
+        });
+        continue;
+      }
+      result.settled.push(node);
       const indices: number[] = [];
       if (!chainSame || node.size !== m.size || anyDirty(node.runs)) {
-        const oldList = clusterList(m.runs, Infinity);
+        // Only the clusters that held the old size's data: a host may have grown the chain before the
+        // size (vfat allocates first), and clusters past the old size hold nothing of the source file.
+        const oldList = clusterList(m.runs, Math.ceil(m.size / cs));
         const newList = clusterList(node.runs, need);
         let k = 0;
         while (k < newList.length && k < oldList.length && newList[k] === oldList[k]) k++;
@@ -415,18 +604,6 @@ export async function makePlan(input: PlanInput): Promise<PlanResult> {
         indices.sort((x, y) => x - y);
       }
       if (indices.length === 0 && node.size === m.size && !timesChanged && !roChanged) continue;
-      // The source file must still be what the write-back last saw (checked at its old path: nothing moved yet).
-      const st = await lstatOrUndefined(abs(m));
-      const id = m.ident;
-      if (!st || !st.isFile() || (id && (st.ino !== id.ino || st.size !== id.size || st.mtimeMs !== id.mtimeMs))) {
-        result.conflicts.push({
-          path: relPath(node),
-          detail: st
-            ? "changed in the source since the volume showed it: the host's change is not applied"
-            : "gone from the source: the host's change is not applied",
-        });
-        continue;
-      }
       if (indices.length) {
         await ready();
         blob ??= await fsp.open(journal.blobPath, 'w');
@@ -455,5 +632,23 @@ export async function makePlan(input: PlanInput): Promise<PlanResult> {
     await blob.close();
   }
   if (result.ops.some((o) => o.op === 'rename') && !journalReady) await ready();
+  // The parked entries of the new view: detached, found through their parking place; children that
+  // left them (claimed by the host elsewhere) are no longer theirs.
+  for (const o of staysParked) {
+    const at = parkedNow.get(o);
+    if (at) {
+      o.parkedAt = at;
+      o.parent = undefined;
+    }
+    const stack = [o];
+    while (stack.length) {
+      const n = stack.pop()!;
+      for (const [k, c] of n.children) {
+        if (claimed.has(c)) n.children.delete(k);
+        else stack.push(c);
+      }
+    }
+    result.orphans.push(o);
+  }
   return result;
 }

@@ -13,6 +13,8 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { BridgeError } from '../../../shared/src/errors.js';
 import { logger } from '../../../shared/src/logger.js';
 import { DEFAULT_JOURNAL_NAME, Journal } from './journal.js';
+import { foldCase } from './names.js';
+import { Session } from './session.js';
 import { scanTree } from './tree.js';
 import { Fat32Volume, type Fat32Options } from './volume.js';
 
@@ -35,12 +37,23 @@ export async function buildFat32Volume(sourceDir: string, options: Fat32Options 
       throw new BridgeError('EINVAL', `write-back journal ${journalDir} inside the source must be a direct child of ${source} (it is kept out of the volume)`);
     }
     const journal = new Journal(journalDir, source, (options.log ?? logger()).child({ component: 'fat32' }));
-    // A plan a crash interrupted is completed before the tree is scanned.
-    await journal.recover();
+    // A plan a crash interrupted is completed before the tree is scanned; it supersedes any session.
+    const session = new Session(journalDir, source);
+    if ((await journal.recover()) !== undefined) await session.remove();
     if (journal.inSource) skipRootName = basename(journalDir);
     options = { ...options, journalDir };
     sourceDir = source;
+    // Host writes a flush left unapplied: the host's view is restored exactly (session.ts).
+    const resume = await session.load(foldCase);
+    if (resume) {
+      const v = resume.volume;
+      const vol = new Fat32Volume(resume.snapshot, { ...options, size: v.size, clusterSize: v.clusterSize, volumeId: v.volumeId, label: v.label, resume });
+      await vol.open();
+      return vol;
+    }
   }
   const snapshot = await scanTree(sourceDir, { skipRootName });
-  return new Fat32Volume(snapshot, options);
+  const vol = new Fat32Volume(snapshot, options);
+  await vol.open();
+  return vol;
 }

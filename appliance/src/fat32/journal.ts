@@ -20,7 +20,7 @@ import { basename, dirname, join } from 'node:path';
 import { BridgeError, errorMessage } from '../../../shared/src/errors.js';
 import type { Logger } from '../../../shared/src/logger.js';
 import { applyOp, syncTouched, type ApplyContext, type Op } from './apply.js';
-import { fsyncPath } from '../durable.js';
+import { fsyncPath, writeFileAtomic } from '../durable.js';
 
 export const DEFAULT_JOURNAL_NAME = '.bridge-fat32';
 
@@ -82,16 +82,7 @@ export class Journal {
   async commit(ops: Op[]): Promise<void> {
     const plan: PlanFile = { version: 1, sourceRoot: this.sourceRoot, ops };
     await fsp.mkdir(this.dir, { recursive: true });
-    const tmp = join(this.dir, 'plan.json.tmp');
-    const fh = await fsp.open(tmp, 'w');
-    try {
-      await fh.writeFile(JSON.stringify(plan));
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await fsp.rename(tmp, join(this.dir, 'plan.json'));
-    await fsyncPath(this.dir);
+    await writeFileAtomic(join(this.dir, 'plan.json'), Buffer.from(JSON.stringify(plan)));
   }
 
   /** Runs ops[start..] recording progress, fsyncs what changed, then removes the journal. Returns notes. */
@@ -120,9 +111,9 @@ export class Journal {
 
   /**
    * Completes a plan a crash interrupted (called before the source is scanned). Returns the number of
-   * operations run, or 0 when there was nothing to complete.
+   * operations run (0 when the plan had finished all of them), or undefined when there was no plan.
    */
-  async recover(): Promise<number> {
+  async recover(): Promise<number | undefined> {
     let text: string;
     try {
       text = await fsp.readFile(join(this.dir, 'plan.json'), 'utf8');
@@ -130,7 +121,7 @@ export class Journal {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
       // No committed plan: whatever is there is staging of a flush that was never acknowledged.
       await this.clear();
-      return 0;
+      return undefined;
     }
     let plan: PlanFile;
     try {

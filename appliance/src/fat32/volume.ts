@@ -22,7 +22,7 @@ import { FLAG_LFN } from './entries.js';
 import { lfnSlots } from './names.js';
 import { entryPath, sourcePath, type LeftOut, type Renamed, type TreeSnapshot } from './tree.js';
 import { DEFAULT_JOURNAL_NAME, Journal } from './journal.js';
-import { Overlay } from './overlay.js';
+import type { ResumedSession } from './session.js';
 import { WriteBack, type WriteBackReport } from './writeback.js';
 import { join } from 'node:path';
 
@@ -51,6 +51,8 @@ export interface Fat32Options {
   writeBack?: boolean;
   /** Write-back journal directory, on the source's file system (default SOURCE/.bridge-fat32). */
   journalDir?: string;
+  /** A write-back session to resume (set by buildFat32Volume from the journal; see session.ts). */
+  resume?: ResumedSession;
   log?: Logger;
 }
 
@@ -133,7 +135,6 @@ export class Fat32Volume implements BlockDevice {
   private readonly life = new Lifecycle();
   private readonly log: Logger;
   private readonly syncIo: boolean;
-  private readonly overlay = new Overlay();
   private readonly writeback: WriteBack | undefined;
 
   constructor(
@@ -180,14 +181,16 @@ export class Fat32Volume implements BlockDevice {
         {
           geometry: g,
           snapshot,
-          overlay: this.overlay,
+          clusters: this.clusters,
+          volume: { size: this.size, clusterSize: g.clusterSize, volumeId: this.volumeId, label: this.label },
           mbr: this.fixed[0]!,
           reserved: this.fixed[1]!,
-          readView: (t, o) => this.readView(t, o),
+          readBase: (t, o) => this.readBase(t, o),
           forget: (e) => this.files.forget(e),
         },
         journal,
         this.log,
+        options.resume,
       );
     }
     this.log.info('FAT32 volume built', {
@@ -257,10 +260,15 @@ export class Fat32Volume implements BlockDevice {
     await this.readView(target, offset);
   }
 
-  /** The host's view: synthesized bytes with the sectors it wrote on top. */
+  /** The host's view: synthesized bytes with what it wrote on top (the write-back's layers). */
   private async readView(target: Uint8Array, offset: number): Promise<void> {
     await this.readBase(target, offset);
-    this.overlay.patch(target, offset);
+    if (this.writeback) await this.writeback.patch(Buffer.from(target.buffer, target.byteOffset, target.length), offset);
+  }
+
+  /** Loads or clears the write-back's on-disk state (buildFat32Volume calls it before serving). */
+  async open(): Promise<void> {
+    await this.writeback?.open();
   }
 
   /** The synthesized bytes. */
@@ -437,8 +445,7 @@ export class Fat32Volume implements BlockDevice {
     if (!checkIo(this, offset, data.length, true)) return;
     const wb = this.writeback!;
     while (wb.busy) await wb.busy.catch(() => undefined);
-    await this.overlay.write(data, offset, (buf, off) => this.readBase(buf, off));
-    wb.markWritten(offset, data.length);
+    await wb.write(data, offset, (buf, off) => this.readBase(buf, off));
   }
 
   /** Applies the host's writes to the source (write-back) and returns once they are durable there. */
@@ -462,7 +469,7 @@ export class Fat32Volume implements BlockDevice {
   async close(): Promise<void> {
     if (this.life.isClosed) return;
     // Apply what the host wrote before it went away (as a flush would).
-    if (this.writeback) await this.writeback.flush().catch((e: unknown) => this.log.error('write-back at close failed', { error: String(e) }));
+    if (this.writeback) await this.writeback.close().catch((e: unknown) => this.log.error('write-back at close failed', { error: String(e) }));
     if (!this.life.close()) return;
     this.dirCache.clear();
     await this.files.close();

@@ -9,16 +9,28 @@
  * then adopt the host's view as the applied one. I/O on the volume waits while a flush runs, so the
  * source is never read while it is half-changed. All source I/O here is asynchronous (the source may
  * be served by this same process).
+ *
+ * The host's view is three layers: the synthesized bytes (the snapshot), then data clusters whose
+ * overlay sectors were dropped once applied (read from the source file that now holds them, through
+ * the applied view: `redirected`), then the overlay (overlay.ts, on disk). Memory holds only bitmaps
+ * and the applied view (one node per entry), never written data.
+ *
+ * After every flush, if anything the host wrote is still not in the source (held, suspended,
+ * parked entries), the session is made durable (session.ts) before the flush returns.
  */
-import { promises as fsp } from 'node:fs';
+import { constants as fsc, promises as fsp } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BridgeError, errorMessage } from '../../../shared/src/errors.js';
 import type { Logger } from '../../../shared/src/logger.js';
-import { makePlan, relPath, viewFromSnapshot, type VNode } from './diff.js';
+import { SparseBitmap } from './bitmap.js';
+import type { ClusterMap } from './clusters.js';
+import { current, makePlan, nodePath, viewFromSnapshot, type VNode } from './diff.js';
 import type { Journal } from './journal.js';
-import { SECTOR, type Geometry } from './layout.js';
-import type { Overlay } from './overlay.js';
-import { parseVolume, type ReadFn } from './parse.js';
+import { clusterOffset, ROOT_CLUSTER, SECTOR, type Geometry } from './layout.js';
+import { Overlay } from './overlay.js';
+import { clusterOfRuns, firstRunEndingAfter, HostParser, parseVolume, type ParsedNode, type ParsedVolume, type ReadFn } from './parse.js';
+import { layoutFingerprint, Session, type ResumedSession, type SessionVolume, type WriteBackState } from './session.js';
 import type { SourceFileIdentity } from './source-files.js';
 import type { TreeSnapshot } from './tree.js';
 
@@ -34,18 +46,24 @@ export interface WriteBackReport {
   conflicts: { path: string; detail: string }[];
   /** Other things worth knowing (directories kept because they hold entries the volume does not show). */
   notes: string[];
+  /** Host-written bytes held in the overlay (on disk, in the journal directory). */
   overlayBytes: number;
+  /** Entries the host left unreachable with their clusters still allocated, kept in the journal directory. */
+  parked: number;
+  /** Set when this session was resumed from the journal at start (host writes a flush left unapplied). */
+  resumedFrom: string | undefined;
 }
 
 export interface WriteBackHost {
   geometry: Geometry;
   snapshot: TreeSnapshot;
-  overlay: Overlay;
+  clusters: ClusterMap;
+  volume: Omit<SessionVolume, 'layout'>;
   /** The synthesized MBR and reserved sectors, to recognise a rewritten boot sector. */
   mbr: Buffer;
   reserved: Buffer;
-  /** Reads the host's view without waiting for the flush in progress. */
-  readView: ReadFn;
+  /** Reads the synthesized bytes (the layer under everything the host wrote). */
+  readBase: ReadFn;
   /** The source file of a snapshot entry changed (or went away): drop cached descriptors and change marks. */
   forget(entry: number): void;
 }
@@ -58,11 +76,45 @@ const BOOT_CHECKED: [number, number][] = [
   [510, 512],
 ];
 
+/** Test hook: every incremental parse is compared with a full one (a difference fails the flush). */
+const CHECK_PARSE = process.env.BRIDGE_FAT32_PARSE_CHECK === '1';
+
+async function checkAgainstFullParse(parsed: ParsedVolume, read: ReadFn, g: Geometry, journal: Journal): Promise<void> {
+  const full = await parseVolume(read, g, { reservedRootName: journal.inSource ? journal.name : undefined });
+  const canon = (n: ParsedNode): unknown => [n.name, n.isDir, n.attr, n.firstCluster, n.size, n.mdate, n.mtime, n.runs, n.children.map(canon)];
+  const a = JSON.stringify([parsed.problems.length > 0, canon(parsed.root)]);
+  const b = JSON.stringify([full.problems.length > 0, canon(full.root)]);
+  if (a !== b) throw new BridgeError('EIO', `incremental parse differs from a full parse: ${parsed.problems.join('; ')} | ${full.problems.join('; ')}`);
+}
+
+/** Runs of redirected data clusters: cluster → applied file node and index in its chain. */
+interface RedirectIndex {
+  start: Float64Array;
+  length: Float64Array;
+  first: Float64Array;
+  node: VNode[];
+}
+
+const EMPTY_INDEX: RedirectIndex = { start: new Float64Array(0), length: new Float64Array(0), first: new Float64Array(0), node: [] };
+
 export class WriteBack {
   /** Data clusters written since the last apply. */
-  readonly dirty = new Set<number>();
+  readonly dirty = new SparseBitmap();
+  readonly overlay: Overlay;
+  private readonly session: Session;
+  private readonly parser: HostParser;
   private view: VNode | undefined;
+  /** Entries the host left unreachable while their clusters stay allocated, kept in the journal directory. */
+  private orphans: VNode[] = [];
   private snapNodes = new Map<number, VNode>();
+  /** Applied entries with a first cluster, by first cluster (plans update it as they commit). */
+  private byHead = new Map<number, VNode>();
+  /** Host directories rebuilt by parses since the last apply: what the next plan diffs. */
+  private readonly changedDirs = new Set<number>();
+  /** Data clusters whose overlay sectors were dropped: read from the applied file that holds them. */
+  private readonly redirected = new SparseBitmap();
+  private redirects: RedirectIndex = EMPTY_INDEX;
+  private readonly sourceHandles = new Map<string, Promise<FileHandle>>();
   private flushing: Promise<void> | undefined;
   private readonly stats = { created: 0, deleted: 0, moved: 0, written: 0, bytes: 0 };
   private flushes = 0;
@@ -70,12 +122,56 @@ export class WriteBack {
   private suspended: string | undefined;
   private readonly conflicts = new Map<string, string>();
   private readonly notes: string[] = [];
+  /** Bumped whenever what the session file holds changes; `savedGen` is what is on disk (-1: no session). */
+  private gen = 0;
+  private savedGen = -1;
+  private readonly resumedFrom: string | undefined;
+  private readonly layout: string;
 
   constructor(
     private readonly host: WriteBackHost,
     private readonly journal: Journal,
     private readonly log: Logger,
-  ) {}
+    resume?: ResumedSession,
+  ) {
+    this.overlay = new Overlay(join(journal.dir, 'overlay'));
+    this.session = new Session(journal.dir, host.snapshot.source);
+    this.parser = new HostParser(host.geometry, { reservedRootName: journal.inSource ? journal.name : undefined });
+    this.layout = layoutFingerprint(host.clusters);
+    if (resume) {
+      if (resume.volume.layout !== this.layout) {
+        throw new BridgeError(
+          'EINVAL',
+          `write-back session in ${journal.dir} does not match this agent's layout of its snapshot (saved by another agent version?); move ${journal.dir} away to start from the source as it is`,
+        );
+      }
+      const st = resume.state;
+      this.adoptFirst(st.root, st.orphans);
+      for (let i = 0; i + 1 < st.dirty.length; i += 2) this.dirty.addRange(st.dirty[i]!, st.dirty[i]! + st.dirty[i + 1]!);
+      this.flushes = st.flushes;
+      Object.assign(this.stats, st.stats);
+      this.held = st.held;
+      this.suspended = st.suspended;
+      for (const [k, v] of st.conflicts) this.conflicts.set(k, v);
+      this.notes.push(...st.notes);
+      this.resumedFrom = this.session.file;
+      this.savedGen = this.gen;
+    }
+  }
+
+  /** Loads what a resumed session needs from disk (the overlay index); a fresh session clears stale overlay files. */
+  async open(): Promise<void> {
+    if (this.resumedFrom) {
+      await this.overlay.load();
+      this.log.warn('write-back session resumed: the host sees the volume as it was at its last flush', {
+        session: this.resumedFrom,
+        overlayBytes: this.overlay.bytes,
+        held: this.held?.length ?? 0,
+        suspended: this.suspended,
+        parked: this.orphans.length,
+      });
+    } else await this.overlay.destroy();
+  }
 
   /** Resolves once no flush is running (I/O waits on it). */
   get busy(): Promise<void> | undefined {
@@ -88,29 +184,136 @@ export class WriteBack {
    */
   identity(entry: number): SourceFileIdentity | null | undefined {
     if (!this.view) return undefined;
-    const n = this.snapNodes.get(entry);
-    if (!n || !n.ident) return null;
-    return { path: join(this.host.snapshot.source, relPath(n)), size: n.ident.size, mtimeMs: n.ident.mtimeMs, ino: n.ident.ino };
+    const found = this.snapNodes.get(entry);
+    const n = found && current(found);
+    if (n && n !== found) this.snapNodes.set(entry, n);
+    if (!n || n.gone || !n.ident) return null;
+    return { path: nodePath(n, this.host.snapshot.source), size: n.ident.size, mtimeMs: n.ident.mtimeMs, ino: n.ident.ino };
   }
 
-  markWritten(offset: number, length: number): void {
+  /** Stores a host write (`base` gives the synthesized bytes of a sector written in part). */
+  async write(data: Uint8Array, offset: number, base: ReadFn): Promise<void> {
+    await this.overlay.write(data, offset, (t, o) => this.readUnder(t, o, base));
+    this.markWritten(offset, data.length);
+    this.parser.noteWrite(offset, data.length);
+  }
+
+  private markWritten(offset: number, length: number): void {
     const g = this.host.geometry;
     const end = Math.min(offset + length, g.dataOffset + g.clusterCount * g.clusterSize);
     if (end <= g.dataOffset) return;
     const first = Math.floor((Math.max(offset, g.dataOffset) - g.dataOffset) / g.clusterSize) + 2;
     const last = Math.floor((end - 1 - g.dataOffset) / g.clusterSize) + 2;
-    for (let c = first; c <= last; c++) this.dirty.add(c);
+    this.dirty.addRange(first, last + 1);
+    this.gen++;
+  }
+
+  /** The host's view: `target` holds the synthesized bytes at `offset`; the layers above are patched on. */
+  async patch(target: Buffer, offset: number): Promise<void> {
+    await this.patchRedirected(target, offset);
+    await this.overlay.patch(target, offset);
+  }
+
+  /** The host's view of [offset, offset + target.length). */
+  readView(target: Buffer, offset: number): Promise<void> {
+    return this.host.readBase(target, offset).then(() => this.patch(target, offset));
+  }
+
+  /** What lies under the overlay: synthesized bytes with redirected clusters patched on. */
+  private async readUnder(target: Buffer, offset: number, base: ReadFn): Promise<void> {
+    await base(target, offset);
+    await this.patchRedirected(target, offset);
+  }
+
+  private async patchRedirected(target: Buffer, offset: number): Promise<void> {
+    if (this.redirected.size === 0) return;
+    const g = this.host.geometry;
+    const cs = g.clusterSize;
+    const end = Math.min(offset + target.length, g.dataOffset + g.clusterCount * cs);
+    if (end <= g.dataOffset) return;
+    const firstC = Math.floor((Math.max(offset, g.dataOffset) - g.dataOffset) / cs) + ROOT_CLUSTER;
+    const lastC = Math.floor((end - 1 - g.dataOffset) / cs) + ROOT_CLUSTER;
+    if (!this.redirected.any(firstC, lastC + 1)) return;
+    for (let c = firstC; c <= lastC; c++) {
+      if (!this.redirected.has(c)) continue;
+      const from = Math.max(offset, clusterOffset(g, c));
+      const to = Math.min(end, clusterOffset(g, c) + cs);
+      const part = target.subarray(from - offset, to - offset);
+      const at = this.redirectOf(c);
+      if (!at) {
+        // The file that held it is gone or no longer uses it: a free cluster, whose bytes mean nothing.
+        part.fill(0);
+        continue;
+      }
+      const fileOffset = at.index * cs + (from - clusterOffset(g, c));
+      await this.readSource(at.node, part, fileOffset);
+    }
+  }
+
+  private redirectOf(c: number): { node: VNode; index: number } | undefined {
+    const r = this.redirects;
+    const lo = firstRunEndingAfter(r.start, r.length, c);
+    if (lo >= r.start.length || r.start[lo]! > c) return undefined;
+    const node = current(r.node[lo]!);
+    if (node.gone) return undefined;
+    const index = r.first[lo]! + (c - r.start[lo]!);
+    return clusterOfRuns(node.runs, index) === c ? { node, index } : undefined;
+  }
+
+  /** Reads an applied file's bytes (zeros past its end); EIO when someone else changed it. */
+  private async readSource(node: VNode, target: Buffer, position: number): Promise<void> {
+    const id = node.ident;
+    const valid = id ? Math.max(0, Math.min(target.length, id.size - position)) : 0;
+    target.fill(0, valid);
+    if (valid === 0) return;
+    const path = nodePath(node, this.host.snapshot.source);
+    let h = this.sourceHandles.get(path);
+    if (!h) {
+      h = fsp.open(path, fsc.O_RDONLY | fsc.O_NOFOLLOW);
+      this.sourceHandles.set(path, h);
+      h.catch(() => this.sourceHandles.delete(path));
+      if (this.sourceHandles.size > 32) this.closeSourceHandles(1);
+    }
+    const fh = await h;
+    const { bytesRead } = await fh.read(target, 0, valid, position);
+    const st = await fh.stat();
+    if (bytesRead < valid || st.ino !== id!.ino || st.size !== id!.size || st.mtimeMs !== id!.mtimeMs) {
+      throw new BridgeError('EIO', `source file ${path} changed after the write-back wrote it: its data is no longer served`);
+    }
+  }
+
+  private closeSourceHandles(keep = 0): void {
+    for (const [k, h] of this.sourceHandles) {
+      if (this.sourceHandles.size <= keep) break;
+      this.sourceHandles.delete(k);
+      void h.then((fh) => fh.close()).catch(() => undefined);
+    }
   }
 
   /** Applies what the host wrote; one flush at a time. */
   flush(): Promise<void> {
     // After the flush before it, whether that one succeeded or not (its caller got its error).
-    const run = (this.flushing ?? Promise.resolve()).catch(() => undefined).then(() => this.doFlush());
+    const run = (this.flushing ?? Promise.resolve())
+      .catch(() => undefined)
+      .then(() => this.doFlush())
+      .then(() => this.settle());
     const tracked = run.finally(() => {
       if (this.flushing === tracked) this.flushing = undefined;
     });
     this.flushing = tracked;
     return tracked;
+  }
+
+  /** Applies what is left (as a flush would) and keeps or drops the session; the volume is closing. */
+  async close(): Promise<void> {
+    await this.flush();
+    this.closeSourceHandles();
+    if (this.pending) await this.overlay.close();
+    else {
+      await this.overlay.destroy();
+      // The journal directory goes when it holds nothing else (an empty directory only).
+      await fsp.rmdir(this.journal.dir).catch(() => undefined);
+    }
   }
 
   report(): WriteBackReport {
@@ -122,17 +325,55 @@ export class WriteBack {
       suspended: this.suspended,
       conflicts: [...this.conflicts].map(([path, detail]) => ({ path, detail })),
       notes: [...this.notes],
-      overlayBytes: this.host.overlay.bytes,
+      overlayBytes: this.overlay.bytes,
+      parked: this.orphans.length,
+      resumedFrom: this.resumedFrom,
+    };
+  }
+
+  /** Host writes the source does not hold yet: held, suspended, or parked entries. */
+  private get pending(): boolean {
+    return this.suspended !== undefined || this.held !== undefined || this.orphans.length > 0;
+  }
+
+  /**
+   * The end of every flush: with something pending, make the overlay and the session durable so that
+   * a restart restores the host's view; with nothing pending, remove a session left from before.
+   */
+  private async settle(): Promise<void> {
+    if (this.pending) {
+      await this.overlay.persist();
+      if (this.savedGen === this.gen) return;
+      const gen = this.gen;
+      await this.session.save(this.host.snapshot, { ...this.host.volume, layout: this.layout }, this.state());
+      this.savedGen = gen;
+    } else if (this.savedGen >= 0) {
+      await this.session.remove();
+      this.savedGen = -1;
+    }
+  }
+
+  private state(): WriteBackState {
+    return {
+      root: this.view ?? viewFromSnapshot(this.host.snapshot.entries),
+      orphans: this.orphans,
+      dirty: this.dirty.runs(),
+      flushes: this.flushes,
+      stats: { ...this.stats },
+      held: this.held,
+      suspended: this.suspended,
+      conflicts: [...this.conflicts],
+      notes: [...this.notes],
     };
   }
 
   private async bootProblem(): Promise<string | undefined> {
     const h = this.host;
     const mbr = Buffer.alloc(SECTOR);
-    await h.readView(mbr, 0);
+    await this.readView(mbr, 0);
     if (!mbr.subarray(440, 512).equals(h.mbr.subarray(440, 512))) return 'the MBR (partition table) was rewritten';
     const boot = Buffer.alloc(SECTOR);
-    await h.readView(boot, h.geometry.partitionOffset);
+    await this.readView(boot, h.geometry.partitionOffset);
     for (const [a, b] of BOOT_CHECKED) {
       if (!boot.subarray(a, b).equals(h.reserved.subarray(a, b)))
         return `the boot sector was rewritten (bytes ${a}-${b - 1} differ: a format or geometry change)`;
@@ -142,32 +383,61 @@ export class WriteBack {
 
   private async doFlush(): Promise<void> {
     const h = this.host;
-    if (this.suspended || (h.overlay.writesSinceApply === 0 && !this.held)) return;
+    const ov = this.overlay;
+    if (this.suspended || (ov.writesSinceApply === 0 && !this.held)) return;
     this.flushes++;
+    this.gen++;
     const boot = await this.bootProblem();
     if (boot) {
-      this.suspended = `${boot}; host writes are kept in memory only, the source is not changed until the volume is served again`;
+      this.suspended = `${boot}; host writes are kept in the overlay only (on disk, kept across restarts), the source is not changed`;
       this.log.error('write-back suspended', { reason: boot });
       return;
     }
-    this.view ??= viewFromSnapshot(h.snapshot.entries);
-    const parsed = await parseVolume(h.readView, h.geometry, { reservedRootName: this.journal.inSource ? this.journal.name : undefined });
+    const view = this.view ?? this.adoptFirst(viewFromSnapshot(h.snapshot.entries), []);
+    const read: ReadFn = (t, o) => this.readView(t, o);
+    const t0 = performance.now();
+    const parsed = await this.parser.parse(read);
+    for (const d of parsed.rebuilt) this.changedDirs.add(d);
+    const t1 = performance.now();
+    if (CHECK_PARSE) await checkAgainstFullParse(parsed, read, h.geometry, this.journal);
     if (parsed.problems.length) return this.hold(parsed.problems);
+    // Directories holding files with written data are diffed too (their entries may be unchanged).
+    const changed = new Set(this.changedDirs);
+    const dr = this.dirty.runs();
+    for (let i = 0; i < dr.length; i += 2) {
+      for (const head of this.parser.headsIn(dr[i]!, dr[i]! + dr[i + 1]!)) {
+        const d = this.parser.dirOf(head);
+        if (d !== undefined) changed.add(d);
+      }
+    }
     const plan = await makePlan({
-      old: this.view,
-      parsed: parsed.root,
+      old: view,
+      byHead: this.byHead,
+      changed,
+      host: this.parser,
       g: h.geometry,
       dirty: this.dirty,
-      read: h.readView,
+      read,
       journal: this.journal,
       sourceRoot: h.snapshot.source,
+      orphans: this.orphans,
+      lost: async (c) => !parsed.reachable(c) && (await parsed.fatEntry(c)) !== 0,
     });
+    const t2 = performance.now();
+    if (this.log.enabled('debug')) this.log.debug('write-back flush', { parseMs: Math.round(t1 - t0), planMs: Math.round(t2 - t1), ...this.parser.lastWork });
     if (plan.hold) {
       await this.journal.finish();
       return this.hold([plan.hold]);
     }
     if (plan.ops.length) {
+      if (this.log.enabled('debug')) this.log.debug('write-back plan', { ops: plan.ops.map((o) => JSON.stringify(o)) });
       await this.journal.commit(plan.ops);
+      // The committed plan applies the whole host view a saved session held: that session is superseded.
+      if (this.savedGen >= 0) {
+        await this.session.remove();
+        this.savedGen = -1;
+      }
+      this.closeSourceHandles();
       try {
         const notes = await this.journal.run(plan.ops);
         for (const n of notes) {
@@ -181,11 +451,14 @@ export class WriteBack {
         throw new BridgeError('EIO', this.suspended, {}, { cause: e });
       }
     } else await this.journal.finish();
+    plan.commit();
+    this.changedDirs.clear();
     for (const n of plan.restat) {
       try {
-        const st = await fsp.lstat(join(h.snapshot.source, relPath(n)));
+        const st = await fsp.lstat(nodePath(n, h.snapshot.source));
         n.ident = { ino: st.ino, size: st.size, mtimeMs: st.mtimeMs };
-      } catch {
+      } catch (e) {
+        this.log.warn('write-back: a file it just wrote cannot be found', { path: nodePath(n, h.snapshot.source), error: errorMessage(e) });
         n.ident = undefined;
       }
     }
@@ -193,21 +466,111 @@ export class WriteBack {
       if (!this.conflicts.has(c.path)) this.log.warn('host change not applied: the source changed under it', c);
       this.conflicts.set(c.path, c.detail);
     }
-    this.view = plan.root;
-    this.snapNodes = new Map();
-    const stack = [plan.root];
-    while (stack.length) {
-      const n = stack.pop()!;
-      if (n.snap >= 0) this.snapNodes.set(n.snap, n);
-      for (const c of n.children.values()) stack.push(c);
-    }
+    for (const [path, at] of plan.parked)
+      this.log.info('entry unreachable on the volume but its clusters still allocated: kept aside until it reappears or is freed', { path, at });
+    this.adopt(plan.root, plan.orphans);
     for (const e of plan.touchedSnaps) h.forget(e);
     for (const k of Object.keys(this.stats) as (keyof typeof this.stats)[]) this.stats[k] += plan.counts[k];
+    // Clusters written in files the plan could not look at (inside parked entries) stay marked, for
+    // when they reappear; every other mark was applied.
+    const keep = this.dirtyInOrphans();
     this.dirty.clear();
-    h.overlay.writesSinceApply = 0;
+    for (const c of keep) this.dirty.add(c);
+    await this.dropApplied(plan.settled);
+    ov.writesSinceApply = 0;
     if (this.held) this.log.info('write-back resumed: the volume is consistent again');
     this.held = undefined;
     if (plan.ops.length) this.log.info('host changes applied to the source', { ops: plan.ops.length, ...plan.counts });
+  }
+
+  /**
+   * Files whose data the source now holds exactly as the host wrote it: their overlay sectors (whole
+   * sectors within the file's size; the tail of the last cluster stays) are dropped and their
+   * clusters read from the source from now on. Then the overlay gives the disk space back.
+   */
+  private async dropApplied(settled: VNode[]): Promise<void> {
+    const g = this.host.geometry;
+    const cs = g.clusterSize;
+    for (const n of settled) {
+      if (!n.ident) continue;
+      const count = Math.ceil(n.size / cs);
+      for (let k = 0; k < count; k++) {
+        const c = clusterOfRuns(n.runs, k);
+        if (c === undefined) break;
+        const at = clusterOffset(g, c);
+        if (!this.overlay.touches(at, cs) && !this.redirected.has(c)) continue;
+        this.overlay.drop(at, Math.min(cs, n.size - k * cs));
+        this.redirected.add(c);
+      }
+    }
+    this.rebuildRedirects(settled);
+    await this.overlay.compact();
+  }
+
+  /** The run index of redirected clusters: rows of the nodes still applied, and the settled files' chains. */
+  private rebuildRedirects(settled: VNode[]): void {
+    if (this.redirected.size === 0) return;
+    const fresh = new Set(settled.map(current));
+    const rows: [number, number, number, VNode][] = [];
+    const old = this.redirects;
+    for (let i = 0; i < old.start.length; i++) {
+      const n = current(old.node[i]!);
+      if (!n.gone && !fresh.has(n)) rows.push([old.start[i]!, old.length[i]!, old.first[i]!, n]);
+    }
+    for (const n of fresh) {
+      if (n.gone) continue;
+      let index = 0;
+      for (let i = 0; i < n.runs.length; i += 2) {
+        const start = n.runs[i]!;
+        const len = n.runs[i + 1]!;
+        if (this.redirected.any(start, start + len)) rows.push([start, len, index, n]);
+        index += len;
+      }
+    }
+    rows.sort((a, b) => a[0] - b[0]);
+    this.redirects = {
+      start: Float64Array.from(rows, (r) => r[0]),
+      length: Float64Array.from(rows, (r) => r[1]),
+      first: Float64Array.from(rows, (r) => r[2]),
+      node: rows.map((r) => r[3]),
+    };
+  }
+
+  /** Makes `root` (and the parked entries) the applied view after a plan committed. */
+  private adopt(root: VNode, orphans: VNode[]): VNode {
+    this.view = root;
+    this.orphans = orphans;
+    this.closeSourceHandles();
+    return root;
+  }
+
+  /** The first applied view (the snapshot, or a resumed session's): indexes built by one walk. */
+  private adoptFirst(root: VNode, orphans: VNode[]): VNode {
+    const snapNodes = new Map<number, VNode>();
+    const byHead = new Map<number, VNode>();
+    const stack = [root, ...orphans];
+    while (stack.length) {
+      const n = stack.pop()!;
+      if (n.snap >= 0) snapNodes.set(n.snap, n);
+      if (n.firstCluster !== 0) byHead.set(n.firstCluster, n);
+      for (const c of n.children.values()) stack.push(c);
+    }
+    this.snapNodes = snapNodes;
+    this.byHead = byHead;
+    return this.adopt(root, orphans);
+  }
+
+  private dirtyInOrphans(): number[] {
+    if (this.orphans.length === 0 || this.dirty.size === 0) return [];
+    const out: number[] = [];
+    const stack = [...this.orphans];
+    while (stack.length) {
+      const n = stack.pop()!;
+      for (const c of n.children.values()) stack.push(c);
+      if (n.isDir) continue;
+      for (let i = 0; i < n.runs.length; i += 2) for (let c = n.runs[i]!; c < n.runs[i]! + n.runs[i + 1]!; c++) if (this.dirty.has(c)) out.push(c);
+    }
+    return out;
   }
 
   private hold(problems: string[]): void {
