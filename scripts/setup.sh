@@ -45,4 +45,4 @@ npm run build
 # own bins, so link them where npx looks first.
 mkdir -p node_modules/.bin
 ln -sf ../../dist/wrapper/src/cli.js node_modules/.bin/bridge
-ln -sf ../../dist/appliance/src/cli.js node_modules/.bin/bridge-agent
+ln -sf ../../appliance/bin/bridge-agent.cjs node_modules/.bin/bridge-agent

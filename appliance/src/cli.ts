@@ -10,9 +10,8 @@ import { Command, Option } from 'commander';
 import { VERSION } from '../../shared/src/version.js';
 import { applyGlobalOptions } from './commands/common.js';
 
-// FUSE requests, file devices and store uploads all run on libuv's pool; its default of 4 threads
-// serializes them. Set before any module can start the pool.
-process.env.UV_THREADPOOL_SIZE ??= '32';
+// libuv's pool size (UV_THREADPOOL_SIZE) is set by the launchers, appliance/bin/bridge-agent.cjs and the
+// guest's /usr/local/bin/bridge-agent: by the time this ES module runs, the pool has its size.
 
 type Register = (program: Command) => void;
 const modules: Record<string, () => Promise<{ register: Register }>> = {

@@ -335,8 +335,7 @@ export class Fat32Volume implements BlockDevice {
     const lastCluster = cm.runs ? cm.start[cm.runs - 1]! + cm.length[cm.runs - 1]! : 2;
     const fatUsed = Math.ceil((lastCluster * 4) / SECTOR) * SECTOR;
     const zeroAt = (from: number, to: number): void => {
-      // The overlay is checked sector by sector: beyond 32 MiB just call it data.
-      const written = this.overlay.sectorCount > 0 && (to - from > 32 * MIB || this.overlay.touches(from, to - from));
+      const written = this.writeback?.touches(from, to - from) ?? false;
       pushExtent(out, to - from, !written, !written);
     };
     for (let i = r.find(offset), pos = offset; pos < end; i++) {

@@ -225,15 +225,30 @@ export class WriteBack {
     await this.patchRedirected(target, offset);
   }
 
+  /** Whether host writes (held in the overlay, or applied and redirected) stand anywhere in [offset, offset + length). */
+  touches(offset: number, length: number): boolean {
+    if (this.overlay.touches(offset, length)) return true;
+    const span = this.redirectedSpan(offset, offset + length);
+    return span !== undefined && this.redirected.any(span[0], span[1] + 1);
+  }
+
+  /** The data clusters [first, last] that [offset, end) covers, when any of them is redirected. */
+  private redirectedSpan(offset: number, end: number): [number, number] | undefined {
+    if (this.redirected.size === 0) return undefined;
+    const g = this.host.geometry;
+    const cs = g.clusterSize;
+    end = Math.min(end, g.dataOffset + g.clusterCount * cs);
+    if (end <= g.dataOffset) return undefined;
+    return [Math.floor((Math.max(offset, g.dataOffset) - g.dataOffset) / cs) + ROOT_CLUSTER, Math.floor((end - 1 - g.dataOffset) / cs) + ROOT_CLUSTER];
+  }
+
   private async patchRedirected(target: Buffer, offset: number): Promise<void> {
-    if (this.redirected.size === 0) return;
+    const span = this.redirectedSpan(offset, offset + target.length);
+    if (!span || !this.redirected.any(span[0], span[1] + 1)) return;
+    const [firstC, lastC] = span;
     const g = this.host.geometry;
     const cs = g.clusterSize;
     const end = Math.min(offset + target.length, g.dataOffset + g.clusterCount * cs);
-    if (end <= g.dataOffset) return;
-    const firstC = Math.floor((Math.max(offset, g.dataOffset) - g.dataOffset) / cs) + ROOT_CLUSTER;
-    const lastC = Math.floor((end - 1 - g.dataOffset) / cs) + ROOT_CLUSTER;
-    if (!this.redirected.any(firstC, lastC + 1)) return;
     for (let c = firstC; c <= lastC; c++) {
       if (!this.redirected.has(c)) continue;
       const from = Math.max(offset, clusterOffset(g, c));
