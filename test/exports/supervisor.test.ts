@@ -1,9 +1,12 @@
 /** The supervisor restarts a dying server, gives up after its limit, and stops a live one. */
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { MemoryBlockDevice } from '../../appliance/src/block/memory.js';
 import { Supervisor } from '../../appliance/src/exports/supervisor.js';
+import { BlockFile } from '../../appliance/src/fuse/block-file.js';
+import { inheritableDescriptors, withoutDescriptors } from '../../appliance/src/process/inherited-fds.js';
 import { Logger } from '../../shared/src/logger.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'bridge-supervisor-'));
@@ -63,5 +66,45 @@ describe('supervisor', () => {
     });
     await expect(sup.start()).rejects.toThrow(/exited \(code 1\): cannot bind/);
     expect(sup.health).toBe('failed');
+  });
+
+  it('starts servers without the FUSE connections the agent holds (fuse-native opens them without close-on-exec)', async () => {
+    const fuseFds = (pid: number | 'self'): number[] =>
+      readdirSync(`/proc/${pid}/fd`)
+        .filter((fd) => {
+          try {
+            return readlinkSync(`/proc/${pid}/fd/${fd}`) === '/dev/fuse';
+          } catch {
+            return false;
+          }
+        })
+        .map(Number);
+    const mnt = join(dir, 'mnt');
+    mkdirSync(mnt);
+    const file = await BlockFile.expose(new MemoryBlockDevice(1 << 20), mnt, { log });
+    try {
+      const held = fuseFds('self');
+      expect(held.length).toBeGreaterThan(0);
+      expect(inheritableDescriptors()).toEqual(expect.arrayContaining(held));
+      const sup = new Supervisor({ name: 'clean', command: 'sleep', args: ['30'], pidFile: join(dir, 'c.pid'), log, ready: async () => undefined });
+      await sup.start();
+      try {
+        // Same pid as spawned (bash execs the server), the server's own command line, and no /dev/fuse.
+        await until(() => readFileSync(`/proc/${sup.pid}/cmdline`, 'utf8').split('\0')[0] === 'sleep');
+        expect(fuseFds(sup.pid!)).toEqual([]);
+      } finally {
+        await sup.stop();
+      }
+    } finally {
+      await file.close();
+    }
+  });
+
+  it('closes descriptors through bash, which takes any descriptor number, and keeps the pid with exec', () => {
+    expect(withoutDescriptors('smbd', ['-F'], [])).toEqual({ command: 'smbd', args: ['-F'] });
+    expect(withoutDescriptors('smbd', ['-F', 'a b'], [7, 21])).toEqual({
+      command: 'bash',
+      args: ['-c', 'exec 7<&-; exec 21<&-; exec "$0" "$@"', 'smbd', '-F', 'a b'],
+    });
   });
 });

@@ -11,6 +11,7 @@ import { promises as fsp } from 'node:fs';
 import { errorMessage } from '../../../shared/src/errors.js';
 import type { Logger } from '../../../shared/src/logger.js';
 import type { Health } from '../../../shared/src/protocol.js';
+import { inheritableDescriptors, withoutDescriptors } from '../process/inherited-fds.js';
 
 export interface SupervisorOptions {
   name: string;
@@ -59,7 +60,9 @@ export class Supervisor {
     // Its own process group: smbd signals its whole group when it stops (kill(0, SIGTERM)), which
     // must not reach the agent or whoever started it; and a terminal's Ctrl-C reaches only the agent,
     // which stops the servers in order.
-    const child = spawn(this.o.command, this.o.args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    // Without the descriptors a child would inherit (FUSE connections: see inherited-fds.ts).
+    const run = withoutDescriptors(this.o.command, this.o.args, inheritableDescriptors());
+    const child = spawn(run.command, run.args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
     this.child = child;
     const tail: string[] = [];
     const collect = (chunk: Buffer): void => {
