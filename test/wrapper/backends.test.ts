@@ -6,7 +6,7 @@ import type { VmSpec } from '../../wrapper/src/hypervisors/backend.js';
 import { qemuImgConvert } from '../../wrapper/src/hypervisors/backend.js';
 import { HyperVBackend, psQuote } from '../../wrapper/src/hypervisors/hyperv.js';
 import { ParallelsBackend } from '../../wrapper/src/hypervisors/parallels.js';
-import { parseQemuVersion, qemuArgs, QemuBackend, qmpSocketPath } from '../../wrapper/src/hypervisors/qemu.js';
+import { kernelProbeArgs, parseQemuVersion, qemuArgs, QemuBackend, qmpSocketPath } from '../../wrapper/src/hypervisors/qemu.js';
 import { VirtualBoxBackend } from '../../wrapper/src/hypervisors/virtualbox.js';
 import { rawVmdkDescriptor, VmwareBackend, vmxText } from '../../wrapper/src/hypervisors/vmware.js';
 import { FakeRunner } from './fake-runner.js';
@@ -97,6 +97,25 @@ describe('qemu', () => {
     const fresh = await new QemuBackend({ runner: r, probeCacheFile: cache }).detect();
     expect(fresh.acceleration).toBe('tcg');
     expect(fresh.notes.join()).toMatch(/hvf is present but did not run a probe guest/);
+  });
+  it('with the appliance kernel known, accepts an accelerator only if that kernel boots to its no-root panic', async () => {
+    const cache = join(dir, 'probe-kernel.json');
+    const kernel = join(dir, 'vmlinuz');
+    writeFileSync(kernel, Buffer.alloc(4096));
+    let stdout = '[    0.9] Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)\n';
+    const r = new FakeRunner('darwin', ['qemu-system-x86_64'], (c) => (c.args[0] === '--version' ? { stdout: 'QEMU emulator version 7.2.22' } : { stdout }));
+    const probe = (): Promise<string | undefined> =>
+      new QemuBackend({ runner: r, probeCacheFile: cache, probeKernel: kernel }).detect().then((d) => d.acceleration);
+    expect(await probe()).toBe('hvf');
+    const call = r.calls.find((c) => c.args.includes('-kernel'))!;
+    expect(call.args).toEqual(kernelProbeArgs('hvf', kernel));
+    expect(call.args.join(' ')).toContain(`-serial stdio -no-reboot -kernel ${kernel} -append console=ttyS0 panic=-1`);
+    // A kernel that prints nothing (it hangs until the time limit) means TCG; the verdict is cached per kernel.
+    rmSync(cache);
+    stdout = '';
+    expect(await probe()).toBe('tcg');
+    stdout = 'Kernel panic';
+    expect(await probe()).toBe('tcg'); // cached
   });
 });
 

@@ -51,8 +51,13 @@ export function defaultContext(progress: Progress = silentProgress, accel?: stri
   return { runner: hostRunner, progress, ...(accel ? { accel } : {}) };
 }
 
-function detectOptions(ctx: Context): Parameters<typeof makeBackend>[1] {
-  return { runner: ctx.runner, probeCacheFile: join(stateRoot(), 'accel-probe.json'), ...(ctx.accel ? { accel: ctx.accel } : {}) };
+function detectOptions(ctx: Context, probeKernel?: string): Parameters<typeof makeBackend>[1] {
+  return {
+    runner: ctx.runner,
+    probeCacheFile: join(stateRoot(), 'accel-probe.json'),
+    ...(ctx.accel ? { accel: ctx.accel } : {}),
+    ...(probeKernel ? { probeKernel } : {}),
+  };
 }
 
 export function backendFor(state: InstanceState, ctx: Context): HypervisorBackend {
@@ -174,12 +179,12 @@ export async function startInstance(o: StartOptions, ctx: Context): Promise<Star
   if (o.passphraseFile && !sources.some((s) => s.kind === 's3' || s.kind === 'store-dir'))
     throw new BridgeError('EINVAL', '--passphrase-file applies to store: sources only');
 
-  progress.phase('detecting hypervisors');
-  const { backend, detection } = await chooseBackend(o.hypervisor, detectOptions(ctx));
-  const accel = backend.name === 'qemu' ? detection.acceleration : undefined;
-
   progress.phase('appliance image');
   const image: ApplianceImage = await ensureImage((p) => progress.phase(`image [${p.step}/${p.steps}] ${p.message}`));
+  progress.phase('detecting hypervisors');
+  // QEMU's accelerator is accepted only if it boots the appliance's own kernel.
+  const { backend, detection } = await chooseBackend(o.hypervisor, detectOptions(ctx, image.kernel));
+  const accel = backend.name === 'qemu' ? detection.acceleration : undefined;
   const bootDisk = await nativeDisk(image, backend, (p) => progress.percent(`converting the image to ${backend.nativeDiskFormat}`, p));
   const tImage = Date.now();
 

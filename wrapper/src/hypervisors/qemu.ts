@@ -10,7 +10,7 @@
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { release, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { BridgeError } from '../../../shared/src/errors.js';
@@ -42,6 +42,13 @@ export interface QemuContext extends BackendContext {
   accel?: string;
   /** Time a KVM probe may take; this machine's paravirtual /dev/kvm needs > 5 s for one boot sector. */
   kvmProbeTimeoutMs?: number;
+  /**
+   * The appliance's kernel: when given, the accelerator must boot it (to its "no root" panic), not just
+   * run a boot sector. A paravirtual /dev/kvm here runs the boot sector but hangs stock kernels.
+   */
+  probeKernel?: string;
+  /** Time the kernel probe may take (a kernel reaches its panic in ~1 s with working KVM). */
+  kernelProbeTimeoutMs?: number;
 }
 
 export function qemuBinary(platform: NodeJS.Platform): string {
@@ -187,6 +194,18 @@ export async function hotAddDisks(q: QmpRunner, disks: VmDisk[]): Promise<void> 
   for (const d of disks) await runAll(q, hotAddDiskCommands(d));
 }
 
+/** What a kernel booted without a root or initramfs prints last: it really ran, to its end. */
+export const KERNEL_PROBE_DONE = /Kernel panic|VFS: Unable to mount root|No working init found/;
+
+/** The kernel probe: the appliance's kernel, no initramfs and no disk, console on stdout, exit at its panic. */
+export function kernelProbeArgs(accel: string, kernel: string): string[] {
+  return [
+    ...['-accel', accel, '-machine', 'pc', '-cpu', accel === 'tcg' ? 'max' : 'host', '-m', '128'],
+    ...['-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'stdio', '-no-reboot'],
+    ...['-kernel', kernel, '-append', 'console=ttyS0 panic=-1 loglevel=4'],
+  ];
+}
+
 /** A boot sector that writes 0x31 to the isa-debug-exit port: QEMU exits 99 when it really ran guest code. */
 function probeBootSector(): Buffer {
   const b = Buffer.alloc(512);
@@ -253,9 +272,14 @@ export class QemuBackend implements HypervisorBackend {
     return ok ? candidate : 'tcg';
   }
 
-  /** Boots a one-sector guest with the accelerator, with a time limit; the verdict is cached. */
+  /**
+   * Boots a guest with the accelerator, with a time limit: the appliance's kernel when known (it must
+   * reach its panic for want of a root), else a one-sector guest. The verdict is cached.
+   */
   async probeAccel(accel: string, version: string, notes: string[]): Promise<boolean> {
-    const key = `${accel}|${version}|${release()}`;
+    const kernel = this.ctx.probeKernel;
+    // A kernel verdict is per guest kernel too (by size: the image hash changes with every agent build).
+    const key = kernel ? `${accel}|${version}|${release()}|kernel:${statSync(kernel).size}` : `${accel}|${version}|${release()}`;
     const cacheFile = this.ctx.probeCacheFile;
     if (cacheFile && existsSync(cacheFile)) {
       try {
@@ -270,20 +294,29 @@ export class QemuBackend implements HypervisorBackend {
       }
     }
     const dir = mkdtempSync(join(tmpdir(), 'bridge-probe-'));
-    const timeoutMs = this.ctx.kvmProbeTimeoutMs ?? 3000;
+    const timeoutMs = kernel ? (this.ctx.kernelProbeTimeoutMs ?? 8000) : (this.ctx.kvmProbeTimeoutMs ?? 3000);
+    const what = kernel ? 'the appliance kernel' : 'a probe guest';
     let ok = false;
     let note: string;
     try {
-      const img = join(dir, 'probe.img');
-      writeFileSync(img, probeBootSector());
-      const args = ['-accel', accel, '-machine', 'pc', '-nodefaults', '-no-user-config', '-display', 'none', '-m', '16'];
-      args.push('-drive', `file=${img},format=raw,if=floppy`, '-device', 'isa-debug-exit,iobase=0xf4,iosize=0x04');
+      let args: string[];
+      let passed: (r: { code: number; stdout: string }) => boolean;
+      if (kernel) {
+        args = kernelProbeArgs(accel, kernel);
+        passed = (r) => KERNEL_PROBE_DONE.test(r.stdout);
+      } else {
+        const img = join(dir, 'probe.img');
+        writeFileSync(img, probeBootSector());
+        args = ['-accel', accel, '-machine', 'pc', '-nodefaults', '-no-user-config', '-display', 'none', '-m', '16'];
+        args.push('-drive', `file=${img},format=raw,if=floppy`, '-device', 'isa-debug-exit,iobase=0xf4,iosize=0x04');
+        passed = (r) => r.code === 99;
+      }
       const started = Date.now();
       const r = await this.runner.run(this.bin, args, { check: false, timeoutMs }).catch((e: Error) => ({ code: -1, stdout: '', stderr: e.message }));
-      ok = r.code === 99;
+      ok = passed(r);
       note = ok
-        ? `${accel} works (probe guest ran in ${Date.now() - started} ms)`
-        : `${accel} is present but did not run a probe guest within ${timeoutMs} ms: using TCG (force with --accel ${accel})`;
+        ? `${accel} works (${what} ran in ${Date.now() - started} ms)`
+        : `${accel} is present but did not run ${what} within ${timeoutMs} ms: using TCG (force with --accel ${accel})`;
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
